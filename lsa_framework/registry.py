@@ -135,8 +135,11 @@ def collect(kind: str, pm: pluggy.PluginManager | None = None) -> dict[str, Regi
         def register(cls: Any, *, _dist: str = dist, _version: str = version) -> None:
             name = getattr(cls, "name", None)
             if not isinstance(name, str) or not name:
-                warnings.warn(f"A {kind[:-1]} from package {_dist!r} has no name; it is skipped.",
-                              PluginLoadWarning, stacklevel=2)
+                warnings.warn(
+                    f"A {kind[:-1]} from package {_dist!r} has no name; it is skipped.",
+                    PluginLoadWarning,
+                    stacklevel=2,
+                )
                 return
             if name in found:
                 warnings.warn(

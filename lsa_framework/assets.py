@@ -1,0 +1,33 @@
+"""Fetch and convert the offline assets once: the default model and the default corpus.
+
+    python -m lsa_framework.assets      # run by `make install`
+
+Both land in the cache folder (``$LSAF_CACHE`` or ``~/.cache/lsa_framework``); later runs load
+the converted copies in about a second.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from lsa_framework.data import cache_dir
+from lsa_framework.data.austen import fetch_austen
+from lsa_framework.errors import LsafError
+from lsa_framework.model.loading import default_model_dir
+
+
+def main() -> int:
+    try:
+        for label, fetch in (("corpus", lambda: fetch_austen(cache_dir())), ("model", default_model_dir)):
+            start = time.perf_counter()
+            path = fetch()
+            print(f"{label}: {path} ({time.perf_counter() - start:.1f} s)")
+    except LsafError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

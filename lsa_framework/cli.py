@@ -1,0 +1,235 @@
+"""The ``lsaf`` command line: thin wrappers that build a RunConfig and call the Python API.
+
+lsaf run --scorer lse --pruner wanda --sparsity 0.7 --output out/lsa-70
+lsaf list pruners
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lsa_framework.errors import BadInputError, LsafError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Prune LLMs with layer-wise sparsity allocation."
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(exc: LsafError, debug: bool) -> None:
+    if debug:
+        raise exc
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _collect_cli_values(**flags: Any) -> dict[str, Any]:
+    """Flags the user actually gave (None means not given) as RunConfig fields."""
+    from lsa_framework.config import parse_key_values
+
+    values = {k: v for k, v in flags.items() if v is not None and not k.endswith("_opt")}
+    for kind in ("scorer", "allocator", "pruner", "calibration"):
+        items = flags.get(f"{kind}_opt")
+        if items:
+            values[f"{kind}_opts"] = parse_key_values(items, f"--{kind}-opt")
+    if flags.get("eval_opt"):
+        eval_opts: dict[str, dict[str, Any]] = {}
+        for key, value in parse_key_values(flags["eval_opt"], "--eval-opt").items():
+            evaluator, dot, option = key.partition(".")
+            if not dot:
+                from lsa_framework.errors import BadInputError
+
+                raise BadInputError(
+                    f"--eval-opt {key}=... needs the evaluator: write it like perplexity.{key}=..."
+                )
+            eval_opts.setdefault(evaluator, {})[option] = value
+        values["eval_opts"] = eval_opts
+    if "eval" in values:
+        values["eval"] = [e.strip() for e in values["eval"].split(",") if e.strip()]
+    return values
+
+
+class _RichObserver:
+    """Per-pass progress bars, layer as the unit, on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:>9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        )
+        self.task: Any = None
+        self.quiet = quiet
+
+    def start_pass(self, name: str, total: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(name, total=total)
+
+    def advance(self) -> None:
+        self.progress.advance(self.task)
+
+    def end_pass(self) -> None:
+        self.progress.stop()
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            console.print(f"[dim]{text}[/]")
+
+
+def _print_result(result: Any) -> None:
+    from lsa_framework.report.markdown import headline_metrics
+
+    c = result.config
+    table = Table(
+        title=f"{c.scorer} + {c.allocator} + {c.pruner} @ {c.target_sparsity:g} ({c.pattern}) on {c.model}"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in headline_metrics(result.metrics).items():
+        table.add_row(key, f"{value:.4f}")
+    for key, value in result.timings.items():
+        table.add_row(f"time.{key} (s)", f"{value:.1f}")
+    table.add_row("peak RSS (MB)", f"{max(result.peak_rss_mb.values(), default=0):.0f}")
+    out.print(table)
+    spars = [u.sparsity for u in result.units]
+    if spars:
+        out.print(
+            f"allocated sparsity per unit: min {min(spars):.3f}, max {max(spars):.3f} over {len(spars)} units"
+        )
+    if result.output:
+        out.print(f"output written to {result.output}")
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/TOML/JSON file of settings; flags override it.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="smollm2-135m, a model folder, a .gguf file or a hub id.")
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
+    scorer: Annotated[str | None, typer.Option(help="Unit importance scorer (default lse).")] = None,
+    allocator: Annotated[str | None, typer.Option(help="layer, block or projection (default layer).")] = None,
+    pruner: Annotated[str | None, typer.Option(help="magnitude, wanda or sparsegpt (default wanda).")] = None,
+    sparsity: Annotated[
+        float | None, typer.Option(help="Target fraction of pruned weights, in [0, 1).")
+    ] = None,
+    pattern: Annotated[str | None, typer.Option(help="unstructured, 2:4 or 4:8.")] = None,
+    calibration: Annotated[
+        str | None, typer.Option(help="builtin, wikitext2, c4, or a .txt/.jsonl file.")
+    ] = None,
+    nsamples: Annotated[int | None, typer.Option(help="Calibration sequences (default 128).")] = None,
+    seqlen: Annotated[
+        int | None, typer.Option(help="Tokens per calibration sequence (default 2048).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the calibration sampling.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Calibration sequences per forward.")] = None,
+    eval: Annotated[
+        str | None, typer.Option(help="Comma-separated evaluators, e.g. perplexity,sparsity.")
+    ] = None,
+    scorer_opt: Annotated[
+        list[str] | None, typer.Option(help="Scorer option KEY=VALUE (repeatable).")
+    ] = None,
+    allocator_opt: Annotated[list[str] | None, typer.Option(help="Allocator option KEY=VALUE.")] = None,
+    pruner_opt: Annotated[list[str] | None, typer.Option(help="Pruner option KEY=VALUE.")] = None,
+    calibration_opt: Annotated[list[str] | None, typer.Option(help="Dataset option KEY=VALUE.")] = None,
+    eval_opt: Annotated[list[str] | None, typer.Option(help="Evaluator option NAME.KEY=VALUE.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Folder for model/, run.json, report.md, plots.")
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="Replace an existing --output.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print run.json to stdout instead of a table.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Score, allocate, prune, evaluate and save a causal LM."""
+    try:
+        from lsa_framework.config import build_config, load_config_file
+        from lsa_framework.engine.pipeline import run as run_pipeline
+
+        values = load_config_file(config) if config else {}
+        values.update(
+            _collect_cli_values(
+                model=model,
+                dtype=dtype,
+                scorer=scorer,
+                allocator=allocator,
+                pruner=pruner,
+                sparsity=sparsity,
+                pattern=pattern,
+                calibration=calibration,
+                nsamples=nsamples,
+                seqlen=seqlen,
+                seed=seed,
+                batch_size=batch_size,
+                eval=eval,
+                scorer_opt=scorer_opt,
+                allocator_opt=allocator_opt,
+                pruner_opt=pruner_opt,
+                calibration_opt=calibration_opt,
+                eval_opt=eval_opt,
+                output=output,
+                overwrite=overwrite,
+                threads=threads,
+            )
+        )
+        run_config = build_config(values)
+        result = run_pipeline(run_config, _RichObserver(quiet or as_json))
+    except LsafError as exc:
+        _fail(exc, debug)
+        return
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+    else:
+        _print_result(result)
+
+
+@app.command("list")
+def list_plugins(
+    kind: Annotated[
+        str | None, typer.Argument(help="scorers, allocators, pruners, evaluators, datasets, architectures")
+    ] = None,
+) -> None:
+    """Every registered plugin by kind, with the package it came from."""
+    from lsa_framework import registry
+
+    kinds = list(registry.KINDS) if kind is None else [kind]
+    if kind is not None and kind not in registry.KINDS:
+        _fail(BadInputError(f"Unknown plugin kind {kind!r}; use one of {', '.join(registry.KINDS)}."), False)
+    table = Table("kind", "name", "package", "version")
+    for k in kinds:
+        for entry in registry.collect(k).values():
+            table.add_row(k, entry.name, entry.distribution, entry.version)
+    out.print(table)
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted; the previous output, if any, is untouched")
+        sys.exit(130)

@@ -1,0 +1,103 @@
+"""Datasets ``wikitext2`` and ``c4``: the standard sets of the pruning papers, from the Hugging Face hub.
+
+    lsaf run --calibration c4            # needs network (or a filled Hugging Face cache)
+
+As in the SparseGPT/Wanda data loaders: WikiText-2 (``wikitext``, ``wikitext-2-raw-v1``)
+calibrates on the train split joined with spaces and evaluates on the test split joined with blank
+lines (one document each). C4 (``allenai/c4``) calibrates on the documents of the first train shard
+and evaluates on the first ``eval_documents`` (1100) documents of the first validation shard joined
+with spaces, as the references' ``get_c4`` does. ``datasets`` is imported only when text is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from lsa_framework.errors import BadInputError
+from lsa_framework.hookspecs import hookimpl
+from lsa_framework.types import PluginOptions
+
+C4_FILES = {
+    "train": "en/c4-train.00000-of-01024.json.gz",
+    "validation": "en/c4-validation.00000-of-00008.json.gz",
+}
+
+
+def _unreachable(name: str) -> BadInputError:
+    return BadInputError(
+        f"Could not load {name} from the Hugging Face hub (no network?); "
+        "use --calibration builtin or a local file."
+    )
+
+
+def _check_split(split: str) -> None:
+    if split not in ("calibration", "evaluation"):
+        raise ValueError(f"split must be 'calibration' or 'evaluation', not {split!r}")
+
+
+def _load_texts(name: str, *args: Any, **kwargs: Any) -> list[str]:
+    """``load_dataset(*args, **kwargs)["text"]``, with any failure to reach the data as one sentence."""
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(*args, **kwargs)
+        return list(dataset["text"])
+    except Exception as exc:  # network, hub, cache and format errors all mean the same to the user
+        raise _unreachable(name) from exc
+
+
+class WikiText2Dataset:
+    name: ClassVar[str] = "wikitext2"
+
+    class Options(PluginOptions):
+        """WikiText-2 (raw) has no options."""
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+        self._cache: dict[str, list[str]] = {}
+
+    def documents(self, split: str) -> list[str]:
+        """Calibration: the train split joined with spaces; evaluation: the test split joined with blank lines."""
+        _check_split(split)
+        if split not in self._cache:
+            hub_split, separator = ("train", " ") if split == "calibration" else ("test", "\n\n")
+            texts = _load_texts(self.name, "wikitext", "wikitext-2-raw-v1", split=hub_split)
+            self._cache[split] = [separator.join(texts)]
+        return self._cache[split]
+
+
+class C4Dataset:
+    name: ClassVar[str] = "c4"
+
+    class Options(PluginOptions):
+        """The first shards of allenai/c4 (English)."""
+
+        eval_documents: int = Field(
+            default=1100, gt=0, description="Validation documents joined into the evaluation text."
+        )
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+        self._cache: dict[str, list[str]] = {}
+
+    def documents(self, split: str) -> list[str]:
+        """Calibration: the train shard's documents; evaluation: the first validation documents, joined."""
+        _check_split(split)
+        if split not in self._cache:
+            hub_split = "train" if split == "calibration" else "validation"
+            texts = _load_texts(
+                self.name, "allenai/c4", data_files={hub_split: C4_FILES[hub_split]}, split=hub_split
+            )
+            if split == "calibration":
+                self._cache[split] = texts
+            else:
+                self._cache[split] = [" ".join(texts[: self.options.eval_documents])]
+        return self._cache[split]
+
+
+@hookimpl
+def lsaf_register_datasets(register: Any) -> None:
+    register(WikiText2Dataset)
+    register(C4Dataset)

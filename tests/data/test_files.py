@@ -1,0 +1,146 @@
+"""The ``file`` dataset: local .txt and .jsonl text split into disjoint calibration and evaluation parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+from pydantic import ValidationError
+
+from lsa_framework import hookspecs
+from lsa_framework.data import files
+from lsa_framework.data.files import FileDataset, split_text
+from lsa_framework.errors import BadInputError
+
+
+def paragraphs(n: int) -> list[str]:
+    return [f"Paragraph {i} says something of its own, number {i} of {n}." for i in range(n)]
+
+
+def dataset(path: Path, **options: Any) -> FileDataset:
+    return FileDataset(FileDataset.Options(path=path, **options))
+
+
+def test_plugin_registers_under_its_name() -> None:
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    pm.register(files)
+    found: list[type] = []
+    pm.hook.lsaf_register_datasets(register=found.append)
+    assert found == [FileDataset]
+    assert FileDataset.name == "file"
+
+
+def test_text_is_cut_at_a_paragraph_boundary(tmp_path: Path) -> None:
+    parts = paragraphs(100)
+    path = tmp_path / "text.txt"
+    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    data = dataset(path, eval_fraction=0.1)
+    [calibration] = data.documents("calibration")
+    [evaluation] = data.documents("evaluation")
+    assert calibration + "\n\n" + evaluation == "\n\n".join(parts)
+    calibration_paragraphs = calibration.split("\n\n")
+    evaluation_paragraphs = evaluation.split("\n\n")
+    assert set(calibration_paragraphs).isdisjoint(evaluation_paragraphs)
+    assert calibration_paragraphs + evaluation_paragraphs == parts  # whole paragraphs only
+    share = len(evaluation) / (len(calibration) + len(evaluation))
+    assert 0.08 < share < 0.12
+
+
+def test_text_without_blank_lines_is_cut_at_a_line_break(tmp_path: Path) -> None:
+    lines = paragraphs(10)
+    path = tmp_path / "lines.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    data = dataset(path, eval_fraction=0.3)
+    calibration = data.documents("calibration")[0].split("\n")
+    evaluation = data.documents("evaluation")[0].split("\n")
+    assert calibration + evaluation == lines
+    assert len(evaluation) == 3
+
+
+def test_split_text_falls_back_to_spaces_and_characters() -> None:
+    assert split_text("one two three four", 0.25) == ("one two three", "four")
+    assert split_text("abcdefghij", 0.2) == ("abcdefgh", "ij")
+    with pytest.raises(BadInputError, match="too short"):
+        split_text("a", 0.5)
+
+
+def test_jsonl_documents_are_split_by_index(tmp_path: Path) -> None:
+    texts = paragraphs(20)
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"text": t, "id": i}) for i, t in enumerate(texts)]
+    lines.insert(5, "")  # blank lines are skipped
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = dataset(path, eval_fraction=0.2)
+    assert data.documents("calibration") == texts[:16]
+    assert data.documents("evaluation") == texts[16:]
+
+
+def test_jsonl_keeps_at_least_one_document_on_each_side(tmp_path: Path) -> None:
+    path = tmp_path / "two.jsonl"
+    path.write_text('{"text": "First."}\n{"text": "Second."}\n', encoding="utf-8")
+    data = dataset(path, eval_fraction=0.01)
+    assert data.documents("calibration") == ["First."]
+    assert data.documents("evaluation") == ["Second."]
+
+
+def test_jsonl_with_one_document_is_cut_like_text(tmp_path: Path) -> None:
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"text": "\n\n".join(paragraphs(10))}) + "\n", encoding="utf-8")
+    data = dataset(path, eval_fraction=0.2)
+    calibration, evaluation = data.documents("calibration")[0], data.documents("evaluation")[0]
+    assert calibration.split("\n\n") + evaluation.split("\n\n") == paragraphs(10)
+    assert len(evaluation.split("\n\n")) == 2
+
+
+def test_missing_file_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match=r"Calibration file .*nope\.txt does not exist; "):
+        dataset(tmp_path / "nope.txt")
+
+
+def test_directory_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="is not a file"):
+        dataset(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.txt", ""), ("blank.txt", " \n\n \n"), ("empty.jsonl", "\n")])
+def test_empty_file_is_bad_input(tmp_path: Path, name: str, content: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(BadInputError, match="holds no text"):
+        dataset(path)
+
+
+def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{not json}\n', encoding="utf-8")
+    with pytest.raises(BadInputError, match="Line 2 .* not valid JSON"):
+        dataset(path)
+    path.write_text('{"text": "ok"}\n{"body": "no text field"}\n', encoding="utf-8")
+    with pytest.raises(BadInputError, match='Line 2 .* no "text" string'):
+        dataset(path)
+
+
+def test_binary_file_is_bad_input(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"\xff\xfe\x00\x81 binary")
+    with pytest.raises(BadInputError, match="not UTF-8"):
+        dataset(path)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_eval_fraction_must_be_inside_zero_one(tmp_path: Path, fraction: float) -> None:
+    with pytest.raises(ValidationError):
+        FileDataset.Options(path=tmp_path / "x.txt", eval_fraction=fraction)
+
+
+def test_unknown_option_and_split_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError):
+        FileDataset.Options(path=tmp_path / "x.txt", fraction=0.1)  # type: ignore[call-arg]
+    path = tmp_path / "text.txt"
+    path.write_text("\n\n".join(paragraphs(5)), encoding="utf-8")
+    with pytest.raises(ValueError, match="split"):
+        dataset(path).documents("train")
