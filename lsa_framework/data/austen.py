@@ -142,7 +142,8 @@ def _read_from_deb_archive(deb: bytes) -> tuple[bytes, bytes]:
                             files[path.rsplit("/", 1)[1]] = handle.read()
         except tarfile.TarError as exc:
             raise LsafError(
-                f"Could not read {name} inside the package ({exc}); install dpkg-deb or download the .deb again."
+                f"Could not read {name} inside the package ({exc}); "
+                "install dpkg-deb or download the .deb again."
             ) from None
         if len(files) == 2:
             return files["Rdata.rdx"], files["Rdata.rdb"]

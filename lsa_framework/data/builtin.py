@@ -42,9 +42,11 @@ def _default_calibration(evaluation: list[str]) -> list[str]:
 
 
 def _as_list(value: Any) -> Any:
-    """Accept ``"emma,persuasion"`` (as a command-line option gives it) as well as a list."""
+    """Book names in lower case; ``"emma,persuasion"`` (as a command-line option gives it) or a list."""
     if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+        value = value.split(",")
+    if isinstance(value, (list, tuple)):
+        return [str(part).strip().lower() for part in value if str(part).strip()]
     return value
 
 
@@ -69,7 +71,7 @@ class AustenDataset:
             if isinstance(data, dict) and "calibration_books" not in data and "evaluation_books" in data:
                 evaluation = _as_list(data["evaluation_books"])
                 if isinstance(evaluation, list):
-                    data = {**data, "calibration_books": _default_calibration([str(b) for b in evaluation])}
+                    data = {**data, "calibration_books": _default_calibration(evaluation)}
             return data
 
         @field_validator("calibration_books", "evaluation_books", mode="before")
@@ -82,13 +84,12 @@ class AustenDataset:
         def _known_books(cls, value: list[str]) -> list[str]:
             if not value:
                 raise ValueError(f"name at least one book, out of {', '.join(BOOKS)}")
-            books = [book.strip().lower() for book in value]
-            for book in books:
+            for book in value:
                 if book not in BOOKS:
                     close = difflib.get_close_matches(book, BOOKS, n=1)
                     hint = f"did you mean {close[0]!r}? " if close else ""
                     raise ValueError(f"unknown book {book!r}; {hint}the books are {', '.join(BOOKS)}")
-            return list(dict.fromkeys(books))
+            return list(dict.fromkeys(value))
 
         @model_validator(mode="after")
         def _disjoint(self) -> AustenDataset.Options:

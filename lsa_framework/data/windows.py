@@ -40,7 +40,7 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 def sample_windows(
     tokenizer: Any, documents: Sequence[str], nsamples: int, seqlen: int, seed: int
 ) -> torch.Tensor:
-    """``nsamples`` random windows of ``seqlen`` tokens from ``documents``: a LongTensor (nsamples, seqlen)."""
+    """``nsamples`` random windows of ``seqlen`` tokens of ``documents``, a LongTensor (nsamples, seqlen)."""
     if nsamples <= 0:
         raise BadInputError(
             f"The number of calibration samples must be positive, not {nsamples}; pass --nsamples 128."

@@ -1,4 +1,4 @@
-"""The ``file`` dataset: local .txt and .jsonl text split into disjoint calibration and evaluation parts."""
+"""The ``file`` dataset (local .txt/.jsonl split into disjoint parts) and the hub datasets, offline."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from lsa_framework import hookspecs
-from lsa_framework.data import files
+from lsa_framework.data import files, hub
 from lsa_framework.data.files import FileDataset, split_text
 from lsa_framework.errors import BadInputError
 
@@ -106,7 +106,9 @@ def test_directory_is_bad_input(tmp_path: Path) -> None:
         dataset(tmp_path)
 
 
-@pytest.mark.parametrize(("name", "content"), [("empty.txt", ""), ("blank.txt", " \n\n \n"), ("empty.jsonl", "\n")])
+@pytest.mark.parametrize(
+    ("name", "content"), [("empty.txt", ""), ("blank.txt", " \n\n \n"), ("empty.jsonl", "\n")]
+)
 def test_empty_file_is_bad_input(tmp_path: Path, name: str, content: str) -> None:
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
@@ -117,10 +119,10 @@ def test_empty_file_is_bad_input(tmp_path: Path, name: str, content: str) -> Non
 def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{not json}\n', encoding="utf-8")
-    with pytest.raises(BadInputError, match="Line 2 .* not valid JSON"):
+    with pytest.raises(BadInputError, match=r"Line 2 .* not valid JSON"):
         dataset(path)
     path.write_text('{"text": "ok"}\n{"body": "no text field"}\n', encoding="utf-8")
-    with pytest.raises(BadInputError, match='Line 2 .* no "text" string'):
+    with pytest.raises(BadInputError, match=r'Line 2 .* no "text" string'):
         dataset(path)
 
 
@@ -144,3 +146,73 @@ def test_unknown_option_and_split_are_rejected(tmp_path: Path) -> None:
     path.write_text("\n\n".join(paragraphs(5)), encoding="utf-8")
     with pytest.raises(ValueError, match="split"):
         dataset(path).documents("train")
+
+
+# --- the hub datasets (wikitext2, c4), with ``datasets.load_dataset`` stood in for ---------------------
+
+
+class FakeLoad:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.calls = fail, []  # type: ignore[var-annotated]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, list[str]]:
+        self.calls.append((args, kwargs))
+        if self.fail:
+            raise ConnectionError("Couldn't reach the Hub")
+        return {"text": [f"{kwargs['split']} line {i}\n" for i in range(3)]}
+
+
+def test_wikitext2_joins_splits_as_the_references(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    load = FakeLoad()
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    monkeypatch.setattr(hub, "_hub_resolves", lambda: True)
+    data = hub.WikiText2Dataset()
+    assert data.documents("calibration") == ["train line 0\n train line 1\n train line 2\n"]
+    assert data.documents("evaluation") == ["test line 0\n\n\ntest line 1\n\n\ntest line 2\n"]
+    data.documents("evaluation")  # loaded once
+    assert [call[0] for call in load.calls] == [("wikitext", "wikitext-2-raw-v1")] * 2
+
+
+def test_c4_uses_the_first_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    load = FakeLoad()
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    monkeypatch.setattr(hub, "_hub_resolves", lambda: True)
+    data = hub.C4Dataset(hub.C4Dataset.Options(eval_documents=2))
+    assert data.documents("calibration") == ["train line 0\n", "train line 1\n", "train line 2\n"]
+    assert data.documents("evaluation") == ["validation line 0\n validation line 1\n"]
+    assert load.calls[0][1]["data_files"] == {"train": "en/c4-train.00000-of-01024.json.gz"}
+    assert load.calls[1][1]["data_files"] == {"validation": "en/c4-validation.00000-of-00008.json.gz"}
+
+
+@pytest.mark.parametrize("name", ["wikitext2", "c4"])
+def test_unreachable_hub_is_bad_input(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", FakeLoad(fail=True))
+    cls = {"wikitext2": hub.WikiText2Dataset, "c4": hub.C4Dataset}[name]
+    with pytest.raises(BadInputError, match=f"Could not load {name} from the Hugging Face hub"):
+        cls().documents("calibration")
+
+
+def test_hub_is_not_retried_when_its_name_does_not_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+    import huggingface_hub.constants
+
+    seen: list[bool] = []
+
+    def load(*args: Any, **kwargs: Any) -> None:
+        seen.append(datasets.config.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE)
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    monkeypatch.setattr(hub, "_hub_resolves", lambda: False)
+    before = datasets.config.HF_HUB_OFFLINE
+    with pytest.raises(BadInputError, match="no network"):
+        hub.WikiText2Dataset().documents("evaluation")
+    assert seen == [True]  # only the local cache was tried
+    restored = datasets.config.HF_HUB_OFFLINE
+    assert restored == before  # and offline mode was undone
