@@ -17,11 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lsa_framework.engine.pipeline import Observer
 from lsa_framework.errors import BadInputError, LsafError
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Prune LLMs with layer-wise sparsity allocation."
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune LLMs with layer-wise sparsity allocation.")
 console = Console(stderr=True)
 out = Console()
 
@@ -49,9 +48,7 @@ def _collect_cli_values(**flags: Any) -> dict[str, Any]:
             if not dot:
                 from lsa_framework.errors import BadInputError
 
-                raise BadInputError(
-                    f"--eval-opt {key}=... needs the evaluator: write it like perplexity.{key}=..."
-                )
+                raise BadInputError(f"--eval-opt {key}=... needs the evaluator: write it like perplexity.{key}=...")
             eval_opts.setdefault(evaluator, {})[option] = value
         values["eval_opts"] = eval_opts
     if "eval" in values:
@@ -59,7 +56,7 @@ def _collect_cli_values(**flags: Any) -> dict[str, Any]:
     return values
 
 
-class _RichObserver:
+class _RichObserver(Observer):
     """Per-pass progress bars, layer as the unit, on stderr."""
 
     def __init__(self, quiet: bool) -> None:
@@ -95,9 +92,7 @@ def _print_result(result: Any) -> None:
     from lsa_framework.report.markdown import headline_metrics
 
     c = result.config
-    table = Table(
-        title=f"{c.scorer} + {c.allocator} + {c.pruner} @ {c.target_sparsity:g} ({c.pattern}) on {c.model}"
-    )
+    table = Table(title=f"{c.scorer} + {c.allocator} + {c.pruner} @ {c.target_sparsity:g} ({c.pattern}) on {c.model}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in headline_metrics(result.metrics).items():
@@ -108,59 +103,37 @@ def _print_result(result: Any) -> None:
     out.print(table)
     spars = [u.sparsity for u in result.units]
     if spars:
-        out.print(
-            f"allocated sparsity per unit: min {min(spars):.3f}, max {max(spars):.3f} over {len(spars)} units"
-        )
+        out.print(f"allocated sparsity per unit: min {min(spars):.3f}, max {max(spars):.3f} over {len(spars)} units")
     if result.output:
         out.print(f"output written to {result.output}")
 
 
 @app.command()
 def run(
-    config: Annotated[
-        Path | None, typer.Option(help="YAML/TOML/JSON file of settings; flags override it.")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="smollm2-135m, a model folder, a .gguf file or a hub id.")
-    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/TOML/JSON file of settings; flags override it.")] = None,
+    model: Annotated[str | None, typer.Option(help="smollm2-135m, a model folder, a .gguf file or a hub id.")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
     scorer: Annotated[str | None, typer.Option(help="Unit importance scorer (default lse).")] = None,
     allocator: Annotated[str | None, typer.Option(help="layer, block or projection (default layer).")] = None,
     pruner: Annotated[str | None, typer.Option(help="magnitude, wanda or sparsegpt (default wanda).")] = None,
-    sparsity: Annotated[
-        float | None, typer.Option(help="Target fraction of pruned weights, in [0, 1).")
-    ] = None,
+    sparsity: Annotated[float | None, typer.Option(help="Target fraction of pruned weights, in [0, 1).")] = None,
     pattern: Annotated[str | None, typer.Option(help="unstructured, 2:4 or 4:8.")] = None,
-    calibration: Annotated[
-        str | None, typer.Option(help="builtin, wikitext2, c4, or a .txt/.jsonl file.")
-    ] = None,
+    calibration: Annotated[str | None, typer.Option(help="builtin, wikitext2, c4, or a .txt/.jsonl file.")] = None,
     nsamples: Annotated[int | None, typer.Option(help="Calibration sequences (default 128).")] = None,
-    seqlen: Annotated[
-        int | None, typer.Option(help="Tokens per calibration sequence (default 2048).")
-    ] = None,
+    seqlen: Annotated[int | None, typer.Option(help="Tokens per calibration sequence (default 2048).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the calibration sampling.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Calibration sequences per forward.")] = None,
-    eval: Annotated[
-        str | None, typer.Option(help="Comma-separated evaluators, e.g. perplexity,sparsity.")
-    ] = None,
-    scorer_opt: Annotated[
-        list[str] | None, typer.Option(help="Scorer option KEY=VALUE (repeatable).")
-    ] = None,
+    eval: Annotated[str | None, typer.Option(help="Comma-separated evaluators, e.g. perplexity,sparsity.")] = None,
+    scorer_opt: Annotated[list[str] | None, typer.Option(help="Scorer option KEY=VALUE (repeatable).")] = None,
     allocator_opt: Annotated[list[str] | None, typer.Option(help="Allocator option KEY=VALUE.")] = None,
     pruner_opt: Annotated[list[str] | None, typer.Option(help="Pruner option KEY=VALUE.")] = None,
     calibration_opt: Annotated[list[str] | None, typer.Option(help="Dataset option KEY=VALUE.")] = None,
     eval_opt: Annotated[list[str] | None, typer.Option(help="Evaluator option NAME.KEY=VALUE.")] = None,
-    output: Annotated[
-        Path | None, typer.Option(help="Folder for model/, run.json, report.md, plots.")
-    ] = None,
-    overwrite: Annotated[
-        bool | None, typer.Option("--overwrite", help="Replace an existing --output.")
-    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Folder for model/, run.json, report.md, plots.")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing --output.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print run.json to stdout instead of a table.")
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print run.json to stdout instead of a table.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Score, allocate, prune, evaluate and save a causal LM."""

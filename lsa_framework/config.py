@@ -37,9 +37,7 @@ class RunConfig(BaseModel):
         default=None, description="Target fraction of pruned weights; defaults to N/M for N:M, else 0.5."
     )
     pattern: str = "unstructured"
-    calibration: str = Field(
-        default="builtin", description="A dataset name (builtin, wikitext2, c4) or a file."
-    )
+    calibration: str = Field(default="builtin", description="A dataset name (builtin, wikitext2, c4) or a file.")
     nsamples: int = Field(default=128, gt=0)
     seqlen: int = Field(default=2048, gt=0)
     seed: int = 0

@@ -172,6 +172,5 @@ def lookup(kind: str, name: str, pm: pluggy.PluginManager | None = None) -> Regi
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UnknownPluginError(
-        f"Unknown {kind[:-1]} {name!r}.{hint} Known {kind}: {', '.join(known) or 'none'} "
-        f"(see `lsaf list {kind}`)."
+        f"Unknown {kind[:-1]} {name!r}.{hint} Known {kind}: {', '.join(known) or 'none'} (see `lsaf list {kind}`)."
     )

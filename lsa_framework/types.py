@@ -198,9 +198,7 @@ class Pruner(Protocol):
 
     def __init__(self, options: Any) -> None: ...
 
-    def prune(
-        self, linear: torch.nn.Linear, stats: LinearStats, sparsity: float, pattern: Pattern
-    ) -> torch.Tensor:
+    def prune(self, linear: torch.nn.Linear, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
         """Zero weights of ``linear`` in place and return the boolean mask of pruned weights."""
         ...
 

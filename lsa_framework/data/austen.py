@@ -55,15 +55,11 @@ def fetch_austen(cache_dir: Path, deb: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(prefix="lsaf-austen-") as tmp:
         package = Path(deb) if deb is not None else _apt_download(Path(tmp))
         if not package.is_file():
-            raise LsafError(
-                f"The package file {package} does not exist; pass the path of the downloaded .deb."
-            )
+            raise LsafError(f"The package file {package} does not exist; pass the path of the downloaded .deb.")
         rdx, rdb = _read_lazyload_files(package, Path(tmp) / "unpacked")
     books = {name: paragraphs(lines) for name, lines in read_lazyload(rdx, rdb).items()}
     if not books:
-        raise LsafError(
-            f"The package {package.name} holds no books; fetch {PACKAGE} again or report the problem."
-        )
+        raise LsafError(f"The package {package.name} holds no books; fetch {PACKAGE} again or report the problem.")
     _write_json_atomically(target, books)
     return target
 
@@ -82,9 +78,7 @@ def _apt_download(workdir: Path) -> Path:
         "and then `python -m lsa_framework.data.austen --deb FILE`"
     )
     if shutil.which("apt-get") is None:
-        raise LsafError(
-            f"apt-get is not available to fetch the Austen corpus; on a Debian/Ubuntu machine {by_hand}."
-        )
+        raise LsafError(f"apt-get is not available to fetch the Austen corpus; on a Debian/Ubuntu machine {by_hand}.")
     result = _run(["apt-get", "download", PACKAGE], workdir)
     if result.returncode != 0:
         # A fresh machine's package lists are empty: update them once and try again.
@@ -105,8 +99,7 @@ def _read_lazyload_files(deb: Path, workdir: Path) -> tuple[bytes, bytes]:
         result = _run(["dpkg-deb", "-x", str(deb), str(workdir)], workdir)
         if result.returncode != 0:
             raise LsafError(
-                f"dpkg-deb could not unpack {deb.name} ({result.stderr.strip()}); "
-                f"delete it and fetch {PACKAGE} again."
+                f"dpkg-deb could not unpack {deb.name} ({result.stderr.strip()}); delete it and fetch {PACKAGE} again."
             )
         data = workdir / DATA_DIR
         try:
@@ -142,15 +135,12 @@ def _read_from_deb_archive(deb: bytes) -> tuple[bytes, bytes]:
                             files[path.rsplit("/", 1)[1]] = handle.read()
         except tarfile.TarError as exc:
             raise LsafError(
-                f"Could not read {name} inside the package ({exc}); "
-                "install dpkg-deb or download the .deb again."
+                f"Could not read {name} inside the package ({exc}); install dpkg-deb or download the .deb again."
             ) from None
         if len(files) == 2:
             return files["Rdata.rdx"], files["Rdata.rdb"]
         break
-    raise LsafError(
-        f"The package has no {DATA_DIR}/Rdata.rdx; it is not the {PACKAGE} package this loader knows."
-    )
+    raise LsafError(f"The package has no {DATA_DIR}/Rdata.rdx; it is not the {PACKAGE} package this loader knows.")
 
 
 # --- R lazy-load database ------------------------------------------------------------------------------
@@ -236,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "cache_dir", nargs="?", type=Path, default=None, help="default: $LSAF_CACHE or ~/.cache/lsa_framework"
     )
-    parser.add_argument(
-        "--deb", type=Path, default=None, help="an already downloaded r-cran-janeaustenr .deb"
-    )
+    parser.add_argument("--deb", type=Path, default=None, help="an already downloaded r-cran-janeaustenr .deb")
     args = parser.parse_args(argv)
     try:
         path = fetch_austen(args.cache_dir if args.cache_dir is not None else cache_dir(), deb=args.deb)

@@ -95,9 +95,7 @@ class AustenDataset:
         def _disjoint(self) -> AustenDataset.Options:
             shared = [book for book in self.calibration_books if book in self.evaluation_books]
             if shared:
-                raise ValueError(
-                    f"calibration and evaluation books must differ, but both include {', '.join(shared)}"
-                )
+                raise ValueError(f"calibration and evaluation books must differ, but both include {', '.join(shared)}")
             return self
 
     def __init__(self, options: Options | None = None, cache: Path | None = None) -> None:

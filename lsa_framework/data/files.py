@@ -32,9 +32,7 @@ def split_text(text: str, eval_fraction: float) -> tuple[str, str]:
     """Cut ``text`` into (calibration, evaluation) near ``1 - eval_fraction`` of its characters."""
     text = text.strip()
     if len(text) < 2:
-        raise BadInputError(
-            "The text is too short to cut into calibration and evaluation parts; add more text."
-        )
+        raise BadInputError("The text is too short to cut into calibration and evaluation parts; add more text.")
     target = round(len(text) * (1.0 - eval_fraction))
     for pattern in _BOUNDARIES:
         cuts = [(m.start(), m.end()) for m in pattern.finditer(text)]
@@ -47,8 +45,7 @@ def split_text(text: str, eval_fraction: float) -> tuple[str, str]:
 
 def _missing(path: Path) -> BadInputError:
     return BadInputError(
-        f"Calibration file {path} does not exist; pass the path of a .txt or .jsonl file, "
-        "or use --calibration builtin."
+        f"Calibration file {path} does not exist; pass the path of a .txt or .jsonl file, or use --calibration builtin."
     )
 
 
@@ -65,9 +62,7 @@ def read_jsonl(path: Path, raw: str) -> list[str]:
                 f"Line {number} of {path} is not valid JSON ({exc.msg}); write one JSON object per line."
             ) from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise BadInputError(
-                f'Line {number} of {path} has no "text" string; write each line as {{"text": "..."}}.'
-            )
+            raise BadInputError(f'Line {number} of {path} has no "text" string; write each line as {{"text": "..."}}.')
         if record["text"].strip():
             documents.append(record["text"])
     return documents
@@ -101,9 +96,7 @@ class FileDataset:
                 f"Calibration file {path} is not UTF-8 text; convert it or pass another file."
             ) from None
         except OSError as exc:
-            raise BadInputError(
-                f"Calibration file {path} cannot be read ({exc.strerror}); check it."
-            ) from None
+            raise BadInputError(f"Calibration file {path} cannot be read ({exc.strerror}); check it.") from None
         fraction = self.options.eval_fraction
         if path.suffix.lower() == ".jsonl":
             documents = read_jsonl(path, raw)

@@ -32,8 +32,7 @@ C4_FILES = {
 
 def _unreachable(name: str) -> BadInputError:
     return BadInputError(
-        f"Could not load {name} from the Hugging Face hub (no network?); "
-        "use --calibration builtin or a local file."
+        f"Could not load {name} from the Hugging Face hub (no network?); use --calibration builtin or a local file."
     )
 
 
@@ -124,9 +123,7 @@ class C4Dataset:
         _check_split(split)
         if split not in self._cache:
             hub_split = "train" if split == "calibration" else "validation"
-            texts = _load_texts(
-                self.name, "allenai/c4", data_files={hub_split: C4_FILES[hub_split]}, split=hub_split
-            )
+            texts = _load_texts(self.name, "allenai/c4", data_files={hub_split: C4_FILES[hub_split]}, split=hub_split)
             if split == "calibration":
                 self._cache[split] = texts
             else:

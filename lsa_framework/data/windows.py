@@ -37,14 +37,10 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(ids)
 
 
-def sample_windows(
-    tokenizer: Any, documents: Sequence[str], nsamples: int, seqlen: int, seed: int
-) -> torch.Tensor:
+def sample_windows(tokenizer: Any, documents: Sequence[str], nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
     """``nsamples`` random windows of ``seqlen`` tokens of ``documents``, a LongTensor (nsamples, seqlen)."""
     if nsamples <= 0:
-        raise BadInputError(
-            f"The number of calibration samples must be positive, not {nsamples}; pass --nsamples 128."
-        )
+        raise BadInputError(f"The number of calibration samples must be positive, not {nsamples}; pass --nsamples 128.")
     if seqlen <= 0:
         raise BadInputError(f"The sequence length must be positive, not {seqlen}; pass --seqlen 2048.")
     rng = random.Random(seed)
@@ -82,9 +78,7 @@ def sample_windows(
     return torch.tensor(samples, dtype=torch.long)
 
 
-def _concatenation(
-    tokenizer: Any, documents: list[str], seqlen: int, tokens: dict[int, list[int]]
-) -> list[int]:
+def _concatenation(tokenizer: Any, documents: list[str], seqlen: int, tokens: dict[int, list[int]]) -> list[int]:
     """All documents joined with blank lines, tokenized (cached under key -1)."""
     if -1 not in tokens:
         tokens[-1] = encode(tokenizer, "\n\n".join(documents))

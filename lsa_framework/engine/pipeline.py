@@ -156,9 +156,7 @@ class Stages:
             yield
         finally:
             self.result.timings[name] = round(time.perf_counter() - start, 3)
-            self.result.peak_rss_mb[name] = round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
-            )
+            self.result.peak_rss_mb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def mask_hash(mask: torch.Tensor) -> str:
@@ -166,14 +164,20 @@ def mask_hash(mask: torch.Tensor) -> str:
     return hashlib.sha256(packed).hexdigest()[:16]
 
 
-@dataclass
 class Observer:
-    """Progress callbacks the CLI plugs in (a no-op by default)."""
+    """Progress callbacks the CLI overrides; the base class does nothing."""
 
-    start_pass: Callable[[str, int], None] = lambda name, total: None
-    advance: Callable[[], None] = lambda: None
-    end_pass: Callable[[], None] = lambda: None
-    message: Callable[[str], None] = lambda text: None
+    def start_pass(self, name: str, total: int) -> None:
+        """A pass over ``total`` decoder layers begins."""
+
+    def advance(self) -> None:
+        """One more layer of the current pass is done."""
+
+    def end_pass(self) -> None:
+        """The current pass is over."""
+
+    def message(self, text: str) -> None:
+        """A short status line."""
 
 
 def _units_by_layer(units: list[Unit]) -> dict[int, list[Unit]]:
@@ -261,9 +265,7 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
         if pattern.is_nm:
             # N:M fixes the sparsity of every group of M weights; scores are kept for the report only.
             sparsities = dict.fromkeys(sparsities, target)
-            result.allocation["note"] = (
-                f"{pattern} fixes every unit at {target:g}; the allocation is not applied"
-            )
+            result.allocation["note"] = f"{pattern} fixes every unit at {target:g}; the allocation is not applied"
     pm.hook.lsaf_after_allocation(sparsities=sparsities, report=result)
     linear_sparsity = {info.name: sparsities[u.name] for u in units for info in u.linears}
 
@@ -275,24 +277,18 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
             for info in layout.linears[index]:
                 if info.name not in linear_sparsity:
                     continue
-                mask = pruner.call(
-                    "prune", info.module, stats[info.name], linear_sparsity[info.name], pattern
-                )
+                mask = pruner.call("prune", info.module, stats[info.name], linear_sparsity[info.name], pattern)
                 masks[info.name] = mask
                 result.mask_hashes[info.name] = mask_hash(mask)
             pm.hook.lsaf_after_layer_pruned(layer_index=index, masks=masks, report=result)
 
         observer.start_pass("pruning", layout.num_layers)
-        pruning_pass(
-            layout, calibrate(), frozenset(pruner.instance.needs), prune_layer, lambda _i: observer.advance()
-        )
+        pruning_pass(layout, calibrate(), frozenset(pruner.instance.needs), prune_layer, lambda _i: observer.advance())
         observer.end_pass()
 
     zeros_per_unit = {u.name: sum(int((i.module.weight == 0).sum()) for i in u.linears) for u in units}
     result.units = [
-        UnitRecord(
-            u.name, u.layer, u.numel, values[u.name], sparsities[u.name], zeros_per_unit[u.name] / u.numel
-        )
+        UnitRecord(u.name, u.layer, u.numel, values[u.name], sparsities[u.name], zeros_per_unit[u.name] / u.numel)
         for u in units
     ]
     with stage("evaluation"):

@@ -38,9 +38,7 @@ class LlamaArchitecture:
     def matches(self, model: Any) -> bool:
         layers = _decoder_layers(model)
         return layers is not None and all(
-            isinstance(_submodule(layer, path), torch.nn.Linear)
-            for layer in layers
-            for path, *_ in LLAMA_LINEARS
+            isinstance(_submodule(layer, path), torch.nn.Linear) for layer in layers for path, *_ in LLAMA_LINEARS
         )
 
     def layout(self, model: Any) -> Layout:

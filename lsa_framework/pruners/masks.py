@@ -47,8 +47,7 @@ __all__ = [
 def _check_matrix(metric: Tensor) -> None:
     if metric.dim() != 2:
         raise BadInputError(
-            f"A pruning metric must be a 2-D (out_features, in_features) matrix, got shape "
-            f"{tuple(metric.shape)}."
+            f"A pruning metric must be a 2-D (out_features, in_features) matrix, got shape {tuple(metric.shape)}."
         )
 
 

@@ -32,9 +32,7 @@ class SparseGPTPruner:
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
 
-    def prune(
-        self, linear: torch.nn.Linear, stats: LinearStats, sparsity: float, pattern: Pattern
-    ) -> torch.Tensor:
+    def prune(self, linear: torch.nn.Linear, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
         """Prune ``linear`` in place, writing the updated weights; return the mask (True = pruned)."""
         with torch.no_grad():
             new_weight, mask = sparsegpt_prune(

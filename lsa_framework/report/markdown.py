@@ -16,8 +16,7 @@ def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
 def render_markdown(result: RunResult) -> str:
     c = result.config
     lines = [
-        f"# lsaf run: {c.scorer} + {c.allocator} + {c.pruner} "
-        f"at {c.target_sparsity:g} ({c.pattern})",
+        f"# lsaf run: {c.scorer} + {c.allocator} + {c.pruner} at {c.target_sparsity:g} ({c.pattern})",
         "",
         f"Model `{c.model}` ({c.dtype}), calibration `{c.calibration}` {c.nsamples}×{c.seqlen}, seed {c.seed}.",
         "",

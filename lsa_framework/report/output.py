@@ -29,9 +29,7 @@ def check_output_path(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise BadInputError(f"Output path {path} is a file; pass a folder path to --output.")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise BadInputError(
-            f"Output folder {path} already exists; pass --overwrite to replace it or choose another."
-        )
+        raise BadInputError(f"Output folder {path} already exists; pass --overwrite to replace it or choose another.")
     parent = path.resolve().parent
     if parent.exists() and not parent.is_dir():
         raise BadInputError(f"The parent of output path {path} is a file; choose another --output.")

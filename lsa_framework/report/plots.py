@@ -21,9 +21,7 @@ def plot_sparsity_profile(runs: Mapping[str, Sequence[Any]], path: Path) -> None
             by_layer.setdefault(u.layer, []).append(u)
         layers = sorted(by_layer)
         # Parameter-weighted mean over a layer's units, so block/projection runs compare with layer runs.
-        values = [
-            sum(u.sparsity * u.numel for u in by_layer[i]) / sum(u.numel for u in by_layer[i]) for i in layers
-        ]
+        values = [sum(u.sparsity * u.numel for u in by_layer[i]) / sum(u.numel for u in by_layer[i]) for i in layers]
         ax.plot(layers, values, marker="o", markersize=3, label=label)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("sparsity")

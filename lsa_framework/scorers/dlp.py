@@ -22,9 +22,7 @@ from lsa_framework.types import LinearStats, PluginOptions, Scores, Unit
 
 class DlpOptions(PluginOptions):
     alpha: float = Field(default=0.15, ge=0.0, description="half-width α of the sparsity band")
-    reduce: Literal["median", "mean"] = Field(
-        default="median", description="statistic of the unit's Wanda metric"
-    )
+    reduce: Literal["median", "mean"] = Field(default="median", description="statistic of the unit's Wanda metric")
 
 
 class DlpScorer:
@@ -36,10 +34,7 @@ class DlpScorer:
         self.options: DlpOptions = options if options is not None else DlpOptions()
 
     def score(self, unit: Unit, stats: Mapping[str, LinearStats]) -> float:
-        metrics = [
-            wanda_metric(info.module.weight, stats[info.name].require("input_sq_norm"))
-            for info in unit.linears
-        ]
+        metrics = [wanda_metric(info.module.weight, stats[info.name].require("input_sq_norm")) for info in unit.linears]
         return dlp_score(metrics, self.options.reduce)
 
     def finish(self, values: Mapping[str, float], target: float, granularity: str) -> Scores:

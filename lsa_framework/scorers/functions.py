@@ -40,9 +40,7 @@ def lse_error_and_mask(
     ‖(W − M⊙W) Xᵀ‖² of the mask, up to the scale of H) and the boolean mask of removed weights.
     """
     if W.dim() != 2 or H.dim() != 2 or H.shape[0] != H.shape[1] or H.shape[0] != W.shape[1]:
-        raise ValueError(
-            f"lse_error needs W (out, in) and H (in, in); got {tuple(W.shape)} and {tuple(H.shape)}"
-        )
+        raise ValueError(f"lse_error needs W (out, in) and H (in, in); got {tuple(W.shape)} and {tuple(H.shape)}")
     if group_size < 0:
         raise ValueError(f"group_size must be >= 0 (0 = whole row), got {group_size}")
     if not 0.0 < ratio < 1.0:

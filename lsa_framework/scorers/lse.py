@@ -44,9 +44,7 @@ def default_beta(target: float, granularity: str) -> float:
 class LseOptions(PluginOptions):
     group_size: int = Field(default=128, ge=0, description="input columns per greedy group (0: whole row)")
     ratio: float = Field(default=0.5, gt=0.0, lt=1.0, description="share of each row removed in the search")
-    beta: float | None = Field(
-        default=None, ge=0.0, description="half-width of the sparsity band (None: reference)"
-    )
+    beta: float | None = Field(default=None, ge=0.0, description="half-width of the sparsity band (None: reference)")
 
 
 class LseScorer:

@@ -31,9 +31,7 @@ def fake_layout(num_layers: int = 3) -> Layout:
             module = torch.nn.Linear(in_f, out_f, bias=False)
             layer.add_module(f"{proj}_proj", module)
             infos.append(
-                LinearInfo(
-                    f"model.layers.{i}.{PARENT[block]}.{proj}_proj", i, block, proj, f"{i}.{group}", module
-                )
+                LinearInfo(f"model.layers.{i}.{PARENT[block]}.{proj}_proj", i, block, proj, f"{i}.{group}", module)
             )
         layers.append(layer)
         linears.append(infos)

@@ -82,10 +82,7 @@ def _ar(members: dict[str, bytes]) -> bytes:
 
 def make_deb(path: Path, objects: dict[str, Any]) -> Path:
     rdx, rdb = lazyload_database(objects)
-    control = (
-        b"Package: r-cran-janeaustenr\nVersion: 1.0.0-1\nArchitecture: all\n"
-        b"Maintainer: t <t@t>\nDescription: t\n"
-    )
+    control = b"Package: r-cran-janeaustenr\nVersion: 1.0.0-1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n"
     data_dir = "./usr/lib/R/site-library/janeaustenr/data"
     path.write_bytes(
         _ar(
@@ -133,9 +130,7 @@ def test_fetch_converts_a_package_with_dpkg(tmp_path: Path, deb: Path) -> None:
     assert fetch_austen(tmp_path / "cache", deb=tmp_path / "missing.deb") == target
 
 
-def test_fetch_converts_a_package_without_dpkg(
-    tmp_path: Path, deb: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fetch_converts_a_package_without_dpkg(tmp_path: Path, deb: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_which = shutil.which
     monkeypatch.setattr(austen.shutil, "which", lambda cmd: None if cmd == "dpkg-deb" else real_which(cmd))
     target = fetch_austen(tmp_path, deb=deb)
@@ -169,18 +164,14 @@ class FakeApt:
             self.updated = True
         elif args[:2] == ["apt-get", "download"]:
             if not (self.updated and self.update_helps):
-                return subprocess.CompletedProcess(
-                    args, 100, "", "E: Unable to locate package r-cran-janeaustenr"
-                )
+                return subprocess.CompletedProcess(args, 100, "", "E: Unable to locate package r-cran-janeaustenr")
             shutil.copy(self.deb, cwd / self.deb.name)
         else:
             return subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
         return subprocess.CompletedProcess(args, 0, "", "")
 
 
-def test_empty_package_lists_are_updated_once(
-    tmp_path: Path, deb: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_empty_package_lists_are_updated_once(tmp_path: Path, deb: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(austen.shutil, "which", lambda cmd: f"/usr/bin/{cmd}" if cmd == "apt-get" else None)
     apt = FakeApt(deb, update_helps=True)
     monkeypatch.setattr(austen, "_run", apt)
@@ -239,9 +230,7 @@ def test_unknown_books_are_rejected_with_a_suggestion() -> None:
 
 
 def test_missing_corpus_says_how_to_fetch_it(tmp_path: Path) -> None:
-    with pytest.raises(
-        BadInputError, match=r"run `make install` \(or `python -m lsa_framework.data.austen`\)"
-    ):
+    with pytest.raises(BadInputError, match=r"run `make install` \(or `python -m lsa_framework.data.austen`\)"):
         AustenDataset(cache=tmp_path)
 
 
@@ -262,9 +251,7 @@ def test_documents_come_from_the_converted_file(tmp_path: Path) -> None:
 REAL = austen.books_path(cache_dir())
 
 
-@pytest.mark.skipif(
-    not REAL.exists(), reason=f"the Austen corpus is not fetched ({REAL}); run `make install`"
-)
+@pytest.mark.skipif(not REAL.exists(), reason=f"the Austen corpus is not fetched ({REAL}); run `make install`")
 def test_real_corpus_has_six_long_books_and_disjoint_default_splits() -> None:
     books = json.loads(REAL.read_text(encoding="utf-8"))
     assert sorted(books) == sorted(BOOKS)

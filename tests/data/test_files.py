@@ -106,9 +106,7 @@ def test_directory_is_bad_input(tmp_path: Path) -> None:
         dataset(tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("name", "content"), [("empty.txt", ""), ("blank.txt", " \n\n \n"), ("empty.jsonl", "\n")]
-)
+@pytest.mark.parametrize(("name", "content"), [("empty.txt", ""), ("blank.txt", " \n\n \n"), ("empty.jsonl", "\n")])
 def test_empty_file_is_bad_input(tmp_path: Path, name: str, content: str) -> None:
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")

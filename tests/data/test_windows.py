@@ -118,9 +118,7 @@ def test_too_little_text_is_bad_input(tokenizer: PreTrainedTokenizerFast) -> Non
 
 
 @pytest.mark.parametrize(("nsamples", "seqlen"), [(0, 16), (-1, 16), (4, 0)])
-def test_non_positive_sizes_are_bad_input(
-    tokenizer: PreTrainedTokenizerFast, nsamples: int, seqlen: int
-) -> None:
+def test_non_positive_sizes_are_bad_input(tokenizer: PreTrainedTokenizerFast, nsamples: int, seqlen: int) -> None:
     with pytest.raises(BadInputError, match="must be positive"):
         sample_windows(tokenizer, [make_text(1, 300)], nsamples=nsamples, seqlen=seqlen, seed=0)
 

@@ -12,10 +12,17 @@ from lsa_framework.engine.pipeline import run
 @pytest.mark.parametrize("scorer", ["uniform", "lse", "owl", "dlp"])
 def test_allocation_hits_target_exactly(tiny_run_values, scorer, allocator):
     target = 0.6
-    config = build_config({
-        **tiny_run_values, "scorer": scorer, "allocator": allocator, "pruner": "wanda",
-        "sparsity": target, "eval": ["sparsity"], "eval_opts": {},
-    })
+    config = build_config(
+        {
+            **tiny_run_values,
+            "scorer": scorer,
+            "allocator": allocator,
+            "pruner": "wanda",
+            "sparsity": target,
+            "eval": ["sparsity"],
+            "eval_opts": {},
+        }
+    )
     result = run(config)
     units = result.units
     total = sum(u.numel for u in units)

@@ -34,9 +34,7 @@ def reference_wanda(model_dir: Path, input_ids: torch.Tensor, sparsity: float) -
 
     def grab(_m, args, kwargs):
         captured["h"] = args[0] if args else kwargs["hidden_states"]
-        captured["kw"] = {
-            k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "cache")
-        }
+        captured["kw"] = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "cache")}
         raise RuntimeError("stop")
 
     handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
@@ -116,7 +114,14 @@ def test_perplexity_rises_with_sparsity(tiny_run_values):
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_every_pruner_hits_exact_sparsity(tiny_run_values, pruner, pattern):
     config = build_config(
-        {**tiny_run_values, "scorer": "uniform", "pruner": pruner, "pattern": pattern, "eval": ["sparsity"], "eval_opts": {}}
+        {
+            **tiny_run_values,
+            "scorer": "uniform",
+            "pruner": pruner,
+            "pattern": pattern,
+            "eval": ["sparsity"],
+            "eval_opts": {},
+        }
     )
     result = run(config)
     for unit in result.units:

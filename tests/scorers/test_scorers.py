@@ -134,9 +134,7 @@ def test_lse_default_beta(target: float, granularity: str, beta: float) -> None:
 
 @pytest.mark.parametrize(("granularity", "count"), [("layer", 3), ("block", 6), ("projection", 21)])
 @pytest.mark.parametrize("group_size", [16, 0])
-def test_lse_scores_are_the_mean_error_of_the_units_linears(
-    granularity: str, count: int, group_size: int
-) -> None:
+def test_lse_scores_are_the_mean_error_of_the_units_linears(granularity: str, count: int, group_size: int) -> None:
     layout = fake_layout()
     stats = fake_stats(layout)
     units, values, sparsities = run_scorer(LseScorer(LseOptions(group_size=group_size)), layout, granularity)
