@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lsa_framework.allocators.mapping import finalize, map_scores
 from lsa_framework.errors import BadInputError, LsafError
 from lsa_framework.hookspecs import hookimpl
 
@@ -40,4 +41,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["BadInputError", "LsafError", "RunConfig", "RunResult", "__version__", "hookimpl", "prune"]
+__all__ = [
+    "BadInputError",
+    "LsafError",
+    "RunConfig",
+    "RunResult",
+    "__version__",
+    "finalize",
+    "hookimpl",
+    "map_scores",
+    "prune",
+]
