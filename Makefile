@@ -25,11 +25,17 @@ run: install
 
 test: install
 	$(VENV)/bin/pytest -q
+	# The example third-party plugin: installed through its entry point, then its own tests.
+	$(PIP) install -q --no-deps -e plugins/lsaf-depth-allocator
+	$(VENV)/bin/pytest -q plugins/lsaf-depth-allocator/tests
 
 lint: install
 	$(VENV)/bin/ruff check lsa_framework tests benchmarks
 	$(VENV)/bin/ruff format --check lsa_framework tests benchmarks
 	$(VENV)/bin/mypy lsa_framework
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict
 
 bench: install
 	$(PY) benchmarks/speed.py

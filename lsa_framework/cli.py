@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lsa_framework.bench.runner import BenchObserver
 from lsa_framework.engine.pipeline import Observer
 from lsa_framework.errors import BadInputError, LsafError
 
@@ -88,14 +89,40 @@ class _RichObserver(Observer):
             console.print(f"[dim]{text}[/]")
 
 
-def _print_result(result: Any) -> None:
+class _RichBenchObserver(_RichObserver, BenchObserver):
+    """A cells bar with ETA above the per-layer bars."""
+
+    def start_grid(self, total: int, done: int) -> None:
+        from rich.progress import TimeRemainingColumn
+
+        self.progress.columns = (*self.progress.columns, TimeRemainingColumn())
+        self.progress.start()
+        self.cells = self.progress.add_task("cells", total=total, completed=done)
+
+    def start_pass(self, name: str, total: int) -> None:
+        self.task = self.progress.add_task(name, total=total)
+
+    def end_pass(self) -> None:
+        self.progress.remove_task(self.task)
+
+    def cell_done(self, cell: Any, seconds: float) -> None:
+        self.progress.advance(self.cells)
+        if not self.quiet:
+            console.print(f"[dim]{cell.id} done in {seconds:.0f} s[/]")
+
+
+def _headline(metrics: dict[str, float]) -> dict[str, float]:
     from lsa_framework.report.markdown import headline_metrics
 
+    return headline_metrics(metrics)
+
+
+def _print_result(result: Any) -> None:
     c = result.config
     table = Table(title=f"{c.scorer} + {c.allocator} + {c.pruner} @ {c.target_sparsity:g} ({c.pattern}) on {c.model}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in headline_metrics(result.metrics).items():
+    for key, value in _headline(result.metrics).items():
         table.add_row(key, f"{value:.4f}")
     for key, value in result.timings.items():
         table.add_row(f"time.{key} (s)", f"{value:.1f}")
@@ -176,6 +203,72 @@ def run(
         out.print_json(json.dumps(result.to_json()))
     else:
         _print_result(result)
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Argument(help="A model folder (ours or any HF model), .gguf file, hub id or alias.")],
+    eval: Annotated[str, typer.Option(help="Comma-separated evaluators.")] = "perplexity,sparsity",
+    tasks: Annotated[str | None, typer.Option(help="Zero-shot tasks, comma-separated (or 'paper').")] = None,
+    calibration: Annotated[str, typer.Option(help="Text source whose evaluation split is used.")] = "builtin",
+    seqlen: Annotated[int, typer.Option(help="Perplexity window length.")] = 2048,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    eval_opt: Annotated[list[str] | None, typer.Option(help="Evaluator option NAME.KEY=VALUE.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Evaluate a model as it is, without pruning it."""
+    try:
+        from lsa_framework.config import build_config
+        from lsa_framework.engine.pipeline import evaluate_model
+
+        values = _collect_cli_values(
+            model=model, eval=eval, calibration=calibration, seqlen=seqlen, dtype=dtype, eval_opt=eval_opt
+        )
+        if tasks:
+            values.setdefault("eval_opts", {}).setdefault("zeroshot", {})["tasks"] = tasks.split(",")
+        result = evaluate_model(build_config({**values, "scorer": "uniform"}), _RichObserver(as_json))
+    except LsafError as exc:
+        _fail(exc, debug)
+        return
+    if as_json:
+        out.print_json(json.dumps(result.metrics))
+        return
+    table = Table(title=f"{model}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in _headline(result.metrics).items():
+        table.add_row(key, f"{value:.4f}")
+    out.print(table)
+
+
+@app.command()
+def bench(
+    config: Annotated[Path, typer.Option(help="Grid file (YAML/TOML/JSON): axes and shared settings.")],
+    output: Annotated[Path, typer.Option(help="Folder for results.json/csv/md and plots; reruns resume it.")] = Path(
+        "bench-results"
+    ),
+    executor: Annotated[str, typer.Option(help="local (in-process) or ray.")] = "local",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Run a grid of models × scorers × allocators × pruners × sparsities × patterns."""
+    try:
+        from lsa_framework.bench.grid import load_grid
+        from lsa_framework.bench.runner import run_grid
+
+        grid = load_grid(config)
+        if executor != "local":
+            from lsa_framework.bench.ray_executor import run_grid_ray
+
+            store = run_grid_ray(grid, output, _RichBenchObserver(quiet))
+        else:
+            store = run_grid(grid, output, _RichBenchObserver(quiet))
+    except LsafError as exc:
+        _fail(exc, debug)
+        return
+    out.print((output / "results.md").read_text() if (output / "results.md").is_file() else "no results")
+    out.print(f"{len(store.records)} cells in {output}")
 
 
 @app.command("list")

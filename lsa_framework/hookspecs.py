@@ -16,50 +16,74 @@ import pluggy
 PROJECT_NAME = "lsa_framework"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marks the hook specifications below; used by lsa_framework only."""
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Decorate a plugin's hook functions with ``@hookimpl``; they are matched to the specs by name."""
 
 
 @hookspec
 def lsaf_register_scorers(register: Any) -> None:
-    """Register scorer classes: call ``register(cls)`` for each.
+    """Register scorer classes: call ``register(cls)`` once for each.
 
-    A scorer class has ``name``, an ``Options`` pydantic model, ``needs`` (statistics it reads) and
-    ``score(unit, stats) -> float`` plus ``finish(values, target, granularity) -> Scores``.
+    A scorer class (protocol :class:`lsa_framework.types.Scorer`) has a ``name`` (what ``--scorer``
+    takes), an ``Options`` model (a :class:`~lsa_framework.types.PluginOptions` subclass), ``needs``
+    (the statistics it reads, a subset of ``{"input_sq_norm", "gram"}``; empty skips the scoring
+    pass), ``score(unit, stats) -> float`` called once per unit on the dense model, and
+    ``finish(values, target, granularity) -> Scores`` that adds the direction and spread.
+
+    :param register: callable taking one plugin class; the core checks the name and keeps the first.
     """
 
 
 @hookspec
 def lsaf_register_allocators(register: Any) -> None:
-    """Register allocator classes: call ``register(cls)`` for each.
+    """Register allocator classes: call ``register(cls)`` once for each.
 
-    An allocator class has ``name``, ``Options``, ``units(layout) -> list[Unit]`` and
-    ``allocate(scores, sizes, target) -> dict[unit name, sparsity]``.
+    An allocator class (protocol :class:`lsa_framework.types.Allocator`) has a ``name`` (what
+    ``--allocator`` takes), ``Options``, ``granularity`` (``"layer"``, ``"block"`` or
+    ``"projection"``: which defaults a scorer applies), ``units(layout) -> list[Unit]`` that puts every
+    prunable linear in exactly one unit, and ``allocate(scores, sizes, target) -> dict[str, float]``
+    giving every unit a sparsity whose parameter-weighted mean is ``target``; end it with
+    :func:`lsa_framework.finalize` to get that exactly.
+
+    :param register: callable taking one plugin class; the core checks the name and keeps the first.
     """
 
 
 @hookspec
 def lsaf_register_pruners(register: Any) -> None:
-    """Register pruner classes: call ``register(cls)`` for each.
+    """Register pruner classes: call ``register(cls)`` once for each.
 
-    A pruner class has ``name``, ``Options``, ``needs`` and
-    ``prune(linear, stats, sparsity, pattern) -> mask`` that zeroes weights in place.
+    A pruner class (protocol :class:`lsa_framework.types.Pruner`) has a ``name`` (what ``--pruner``
+    takes), ``Options``, ``needs`` (statistics gathered from the inputs of the already-pruned layers)
+    and ``prune(linear, stats, sparsity, pattern) -> mask``, which zeroes weights of ``linear`` in
+    place (and may update the others) and returns the boolean mask of pruned weights (True = pruned).
+
+    :param register: callable taking one plugin class; the core checks the name and keeps the first.
     """
 
 
 @hookspec
 def lsaf_register_evaluators(register: Any) -> None:
-    """Register evaluator classes: call ``register(cls)`` for each.
+    """Register evaluator classes: call ``register(cls)`` once for each.
 
-    An evaluator class has ``name``, ``Options`` and ``evaluate(model, tokenizer, context) -> metrics``.
+    An evaluator class (protocol :class:`lsa_framework.types.Evaluator`) has a ``name`` (what
+    ``--eval`` lists), ``Options`` (set with ``--eval-opt NAME.KEY=VALUE``) and
+    ``evaluate(model, tokenizer, context) -> dict[str, float]``; the metrics go into run.json.
+
+    :param register: callable taking one plugin class; the core checks the name and keeps the first.
     """
 
 
 @hookspec
 def lsaf_register_datasets(register: Any) -> None:
-    """Register text sources for calibration and evaluation: call ``register(cls)`` for each.
+    """Register text sources for calibration and evaluation: call ``register(cls)`` once for each.
 
-    A dataset class has ``name``, ``Options`` and ``documents(split) -> list[str]`` where split is
-    ``"calibration"`` or ``"evaluation"``; the two splits must not share text.
+    A dataset class has a ``name`` (what ``--calibration`` takes), ``Options`` and
+    ``documents(split) -> list[str]`` where ``split`` is ``"calibration"`` or ``"evaluation"``; the
+    two splits must not share text.
+
+    :param register: callable taking one plugin class; the core checks the name and keeps the first.
     """
 
 
@@ -67,30 +91,54 @@ def lsaf_register_datasets(register: Any) -> None:
 def lsaf_register_architectures(register: Any) -> None:
     """Register architecture classes that find the layout of a model: call ``register(cls)``.
 
-    An architecture class has ``name``, ``matches(model) -> bool`` and ``layout(model) -> Layout``.
+    An architecture class has a ``name``, ``matches(model) -> bool`` and
+    ``layout(model) -> Layout`` (the decoder layers and their prunable linears, see
+    :class:`lsa_framework.types.Layout`). The first architecture that matches a model is used.
+
+    :param register: callable taking one plugin class; the core checks the name and keeps the first.
     """
 
 
 @hookspec
 def lsaf_before_run(config: Any) -> None:
-    """Called once the configuration is validated, before the model is loaded."""
+    """Called once the configuration is validated, before the model is loaded.
+
+    :param config: the validated :class:`~lsa_framework.config.RunConfig` (read it, do not change it).
+    """
 
 
 @hookspec
 def lsaf_after_scoring(scores: Any, report: Any) -> None:
-    """Called with the unit ``Scores`` after the scoring pass."""
+    """Called with the unit scores after the scoring pass, before allocation.
+
+    :param scores: the :class:`~lsa_framework.types.Scores` the scorer returned.
+    :param report: the ``RunResult`` being built; a plugin may record into ``report.extra``
+        (a dict written to run.json under ``"extra"``).
+    """
 
 
 @hookspec
 def lsaf_after_allocation(sparsities: dict[str, float], report: Any) -> None:
-    """Called with the per-unit sparsities after allocation."""
+    """Called with the per-unit sparsities after allocation, before pruning.
+
+    :param sparsities: unit name → sparsity, as the pruner will apply it.
+    :param report: the ``RunResult`` being built (record into ``report.extra``).
+    """
 
 
 @hookspec
 def lsaf_after_layer_pruned(layer_index: int, masks: dict[str, Any], report: Any) -> None:
-    """Called after each decoder layer is pruned, with the masks of its linears."""
+    """Called after each decoder layer is pruned, with the masks of its linears.
+
+    :param layer_index: index of the decoder layer just pruned.
+    :param masks: linear name → boolean mask of its pruned weights (True = pruned).
+    :param report: the ``RunResult`` being built, or None when pruning runs outside ``lsaf run``.
+    """
 
 
 @hookspec
 def lsaf_after_run(result: Any) -> None:
-    """Called with the ``RunResult`` after evaluation, before the output is written."""
+    """Called after evaluation, before the output folder is written.
+
+    :param result: the ``RunResult``: units, metrics, timings; changes to ``result.extra`` reach run.json.
+    """

@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lsa_framework.pruners.sparsegpt",
     "lsa_framework.evaluators.perplexity",
     "lsa_framework.evaluators.sparsity",
+    "lsa_framework.evaluators.zeroshot",
 )
 
 #: kind -> the registration hook that fills it

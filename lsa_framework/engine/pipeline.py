@@ -23,11 +23,11 @@ import torch
 from lsa_framework import __version__, registry
 from lsa_framework.config import RunConfig, plugin_options
 from lsa_framework.data.windows import sample_windows
-from lsa_framework.engine.sequential import capture_layer_inputs, pruning_pass, scoring_pass
+from lsa_framework.engine.sequential import Activations, capture_layer_inputs, pruning_pass, scoring_pass
 from lsa_framework.errors import BadInputError, LsafError, PluginError
 from lsa_framework.model.layout import find_layout
 from lsa_framework.model.loading import load_model
-from lsa_framework.types import EvalContext, Layout, LinearStats, Scores, Unit
+from lsa_framework.types import EvalContext, Layout, LinearStats, Pattern, Scores, Unit
 
 T = TypeVar("T")
 
@@ -187,20 +187,34 @@ def _units_by_layer(units: list[Unit]) -> dict[int, list[Unit]]:
     return by_layer
 
 
-def score_units(
-    plugins: Plugins, layout: Layout, units: list[Unit], calibrate: Callable[[], Any], observer: Observer
-) -> dict[str, float]:
-    """Scores for every unit; runs the dense pass only when the scorer needs statistics."""
-    scorer = plugins.scorer
-    needs = frozenset(scorer.instance.needs)
-    if not needs:
-        return {u.name: float(scorer.call("score", u, {})) for u in units}
-    by_layer = _units_by_layer(units)
-    values: dict[str, float] = {}
+@dataclass
+class ScoringJob:
+    """One scorer scoring one allocator's units; several jobs share one dense pass."""
+
+    key: str
+    scorer: Plugin
+    units: list[Unit]
+
+
+def score_jobs(
+    jobs: list[ScoringJob], layout: Layout, calibrate: Callable[[], Activations], observer: Observer
+) -> dict[str, dict[str, float]]:
+    """Unit scores of every job. Jobs whose scorer needs statistics share ONE dense pass that
+    gathers the union of their needs; the others are scored without touching the data."""
+    values: dict[str, dict[str, float]] = {job.key: {} for job in jobs}
+    data_jobs = [job for job in jobs if job.scorer.instance.needs]
+    for job in jobs:
+        if job not in data_jobs:
+            values[job.key] = {u.name: float(job.scorer.call("score", u, {})) for u in job.units}
+    if not data_jobs:
+        return values
+    needs = frozenset().union(*(job.scorer.instance.needs for job in data_jobs))
+    by_layer = {job.key: _units_by_layer(job.units) for job in data_jobs}
 
     def on_stats(index: int, stats: dict[str, LinearStats]) -> None:
-        for unit in by_layer.get(index, []):
-            values[unit.name] = float(scorer.call("score", unit, stats))
+        for job in data_jobs:
+            for unit in by_layer[job.key].get(index, []):
+                values[job.key][unit.name] = float(job.scorer.call("score", unit, stats))
 
     observer.start_pass("scoring", layout.num_layers)
     scoring_pass(layout, calibrate(), needs, on_stats, lambda _i: observer.advance())
@@ -208,16 +222,74 @@ def score_units(
     return values
 
 
-def allocate(config: RunConfig, plugins: Plugins, units: list[Unit], scores: Scores) -> dict[str, float]:
+def allocate(
+    allocator: Plugin, units: list[Unit], scores: Scores, target: float, pattern: Pattern
+) -> tuple[dict[str, float], str | None]:
+    """Per-unit sparsities, and a note when the pattern overrides the allocation."""
     sizes = {u.name: u.numel for u in units}
-    sparsities: dict[str, float] = plugins.allocator.call("allocate", scores, sizes, config.target_sparsity)
+    sparsities: dict[str, float] = allocator.call("allocate", scores, sizes, target)
     missing = {u.name for u in units} - set(sparsities)
     if missing:
         raise PluginError(
-            f"The allocator {plugins.allocator.name!r} from package {plugins.allocator.distribution!r} "
+            f"The allocator {allocator.name!r} from package {allocator.distribution!r} "
             f"gave no sparsity for {len(missing)} units (e.g. {sorted(missing)[0]}); fix the allocator."
         )
-    return sparsities
+    if pattern.is_nm:
+        # N:M fixes the sparsity of every group of M weights; scores are kept for the report only.
+        return dict.fromkeys(sparsities, target), f"{pattern} fixes every unit at {target:g}; allocation not applied"
+    return sparsities, None
+
+
+def prune_model(
+    layout: Layout,
+    calibrate: Callable[[], Activations],
+    pruner: Plugin,
+    linear_sparsity: dict[str, float],
+    pattern: Pattern,
+    observer: Observer,
+    report: Any = None,
+) -> dict[str, str]:
+    """The sequential pruning pass; returns a hash of every linear's mask."""
+    pm = registry.plugin_manager()
+    hashes: dict[str, str] = {}
+
+    def prune_layer(index: int, stats: dict[str, LinearStats]) -> None:
+        masks = {}
+        for info in layout.linears[index]:
+            if info.name in linear_sparsity:
+                mask = pruner.call("prune", info.module, stats[info.name], linear_sparsity[info.name], pattern)
+                masks[info.name] = mask
+                hashes[info.name] = mask_hash(mask)
+        pm.hook.lsaf_after_layer_pruned(layer_index=index, masks=masks, report=report)
+
+    observer.start_pass("pruning", layout.num_layers)
+    pruning_pass(layout, calibrate(), frozenset(pruner.instance.needs), prune_layer, lambda _i: observer.advance())
+    observer.end_pass()
+    return hashes
+
+
+def unit_records(units: list[Unit], values: dict[str, float], sparsities: dict[str, float]) -> list[UnitRecord]:
+    """Allocated and realised (zeros counted in the weights) sparsity of every unit."""
+    records = []
+    for u in units:
+        zeros = sum(int((info.module.weight == 0).sum()) for info in u.linears)
+        records.append(UnitRecord(u.name, u.layer, u.numel, values[u.name], sparsities[u.name], zeros / u.numel))
+    return records
+
+
+def evaluate(evaluators: list[Plugin], model: Any, tokenizer: Any, context: EvalContext, observer: Observer) -> dict:
+    metrics: dict[str, float] = {}
+    for evaluator in evaluators:
+        observer.message(f"evaluating {evaluator.name}")
+        metrics.update(evaluator.call("evaluate", model, tokenizer, context))
+    return metrics
+
+
+def calibration_ids(config: RunConfig, dataset: Plugin, tokenizer: Any, model: Any) -> torch.Tensor:
+    """The seeded calibration windows, with seqlen capped by the model's context."""
+    documents = dataset.call("documents", "calibration")
+    seqlen = min(config.seqlen, int(getattr(model.config, "max_position_embeddings", config.seqlen)))
+    return sample_windows(tokenizer, documents, config.nsamples, seqlen, config.seed)
 
 
 def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
@@ -246,59 +318,51 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
     units: list[Unit] = plugins.allocator.call("units", layout)
 
     with stage("calibration"):
-        documents = plugins.dataset.call("documents", "calibration")
-        seqlen = min(config.seqlen, int(getattr(model.config, "max_position_embeddings", config.seqlen)))
-        input_ids = sample_windows(tokenizer, documents, config.nsamples, seqlen, config.seed)
+        input_ids = calibration_ids(config, plugins.dataset, tokenizer, model)
 
-    def calibrate() -> Any:
+    def calibrate() -> Activations:
         return capture_layer_inputs(model, layout.layers[0], input_ids, config.batch_size)
 
     with stage("scoring"):
-        values = score_units(plugins, layout, units, calibrate, observer)
+        values = score_jobs([ScoringJob("run", plugins.scorer, units)], layout, calibrate, observer)["run"]
         granularity = getattr(plugins.allocator.instance, "granularity", "layer")
         scores: Scores = plugins.scorer.call("finish", values, target, granularity)
     pm.hook.lsaf_after_scoring(scores=scores, report=result)
 
     with stage("allocation"):
-        sparsities = allocate(config, plugins, units, scores)
+        sparsities, note = allocate(plugins.allocator, units, scores, target, pattern)
         result.allocation = {"scorer_spread": scores.spread, "granularity": granularity}
-        if pattern.is_nm:
-            # N:M fixes the sparsity of every group of M weights; scores are kept for the report only.
-            sparsities = dict.fromkeys(sparsities, target)
-            result.allocation["note"] = f"{pattern} fixes every unit at {target:g}; the allocation is not applied"
+        if note:
+            result.allocation["note"] = note
     pm.hook.lsaf_after_allocation(sparsities=sparsities, report=result)
     linear_sparsity = {info.name: sparsities[u.name] for u in units for info in u.linears}
 
     with stage("pruning"):
-        pruner = plugins.pruner
+        result.mask_hashes = prune_model(layout, calibrate, plugins.pruner, linear_sparsity, pattern, observer, result)
+    result.units = unit_records(units, values, sparsities)
 
-        def prune_layer(index: int, stats: dict[str, LinearStats]) -> None:
-            masks = {}
-            for info in layout.linears[index]:
-                if info.name not in linear_sparsity:
-                    continue
-                mask = pruner.call("prune", info.module, stats[info.name], linear_sparsity[info.name], pattern)
-                masks[info.name] = mask
-                result.mask_hashes[info.name] = mask_hash(mask)
-            pm.hook.lsaf_after_layer_pruned(layer_index=index, masks=masks, report=result)
-
-        observer.start_pass("pruning", layout.num_layers)
-        pruning_pass(layout, calibrate(), frozenset(pruner.instance.needs), prune_layer, lambda _i: observer.advance())
-        observer.end_pass()
-
-    zeros_per_unit = {u.name: sum(int((i.module.weight == 0).sum()) for i in u.linears) for u in units}
-    result.units = [
-        UnitRecord(u.name, u.layer, u.numel, values[u.name], sparsities[u.name], zeros_per_unit[u.name] / u.numel)
-        for u in units
-    ]
     with stage("evaluation"):
         context = EvalContext(config=config, dataset=plugins.dataset.instance, layout=layout)
-        for evaluator in plugins.evaluators:
-            observer.message(f"evaluating {evaluator.name}")
-            result.metrics.update(evaluator.call("evaluate", model, tokenizer, context))
+        result.metrics = evaluate(plugins.evaluators, model, tokenizer, context, observer)
     pm.hook.lsaf_after_run(result=result)
     if config.output is not None:
         with stage("save"):
             write_output(result, model, tokenizer, config.output, config.overwrite)
         result.output = config.output
+    return result
+
+
+def evaluate_model(config: RunConfig, observer: Observer | None = None) -> RunResult:
+    """Evaluate ``config.model`` as it is (``lsaf eval``): no scoring, no pruning."""
+    observer = observer or Observer()
+    plugins = resolve_plugins(config)
+    result = RunResult(config=config)
+    stage = Stages(result)
+    with stage("load"):
+        loaded = load_model(config.model, config.dtype)
+        result.model_source = loaded.source
+    with stage("evaluation"):
+        layout = find_layout(loaded.model) if "sparsity" in config.eval else None
+        context = EvalContext(config=config, dataset=plugins.dataset.instance, layout=layout)
+        result.metrics = evaluate(plugins.evaluators, loaded.model, loaded.tokenizer, context, observer)
     return result

@@ -16,14 +16,16 @@ only for targets that are a multiple of 0.1 and 0.07 for every other target.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import torch
 from pydantic import Field
 
 from lsa_framework.hookspecs import hookimpl
 from lsa_framework.scorers.functions import lse_error
-from lsa_framework.types import LinearStats, PluginOptions, Scores, Unit
+from lsa_framework.types import LinearInfo, LinearStats, PluginOptions, Scores, Unit
 
 #: β by round(target·10) at layer granularity (reference table; index 0 is its --Lamda, N:M only).
 LAYER_BETA: dict[int, float] = {1: 0.06, 2: 0.02, 3: 0.04, 4: 0.02, 5: 0.04, 6: 0.10, 7: 0.15, 8: 0.12}
@@ -54,17 +56,22 @@ class LseScorer:
 
     def __init__(self, options: Any = None) -> None:
         self.options: LseOptions = options if options is not None else LseOptions()
+        # Per-linear errors of the current pass: when several allocators' units are scored from the
+        # same statistics (lsaf bench), each linear's search runs once. Weak references to the Gram
+        # tell a new pass from the current one without keeping the Grams alive.
+        self._errors: dict[str, tuple[weakref.ref[torch.Tensor], float]] = {}
+
+    def linear_error(self, info: LinearInfo, stats: LinearStats) -> float:
+        gram = stats.require("gram")
+        cached = self._errors.get(info.name)
+        if cached is not None and cached[0]() is gram:
+            return cached[1]
+        error = lse_error(info.module.weight, gram, self.options.group_size, self.options.ratio)
+        self._errors[info.name] = (weakref.ref(gram), error)
+        return error
 
     def score(self, unit: Unit, stats: Mapping[str, LinearStats]) -> float:
-        errors = [
-            lse_error(
-                info.module.weight,
-                stats[info.name].require("gram"),
-                self.options.group_size,
-                self.options.ratio,
-            )
-            for info in unit.linears
-        ]
+        errors = [self.linear_error(info, stats[info.name]) for info in unit.linears]
         return sum(errors) / len(errors)
 
     def finish(self, values: Mapping[str, float], target: float, granularity: str) -> Scores:

@@ -1,0 +1,1 @@
+"""lsaf bench: grids of runs against the baselines, with shared work, tables and plots."""

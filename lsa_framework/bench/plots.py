@@ -1,0 +1,56 @@
+"""Figures of a grid: perplexity vs sparsity (log scale), sparsity profiles, zero-shot vs sparsity."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from lsa_framework.report.plots import plot_sparsity_profile
+
+
+def _metric_vs_sparsity(records: list[dict[str, Any]], metric: str, path: Path, log: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in records:
+        if r["pattern"] == "unstructured" and metric in r["metrics"]:
+            series[f"{r['model']}: {r['method']}"].append((r["sparsity"], r["metrics"][metric]))
+    if not any(len(points) > 1 for points in series.values()):
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_plots(records: list[dict[str, Any]], folder: Path) -> None:
+    _metric_vs_sparsity(records, "perplexity", folder / "perplexity_vs_sparsity.png", log=True)
+    _metric_vs_sparsity(records, "zeroshot.mean", folder / "zeroshot_vs_sparsity.png", log=False)
+    # Sparsity profile across depth, one line per scorer × allocator, at the highest unstructured sparsity.
+    unstructured = [r for r in records if r["pattern"] == "unstructured"]
+    if not unstructured:
+        return
+    top = max(r["sparsity"] for r in unstructured)
+    model = unstructured[0]["model"]
+    runs: dict[str, list[Any]] = {}
+    for r in unstructured:
+        label = f"{r['scorer']} ({r['allocator']})"
+        if r["sparsity"] == top and r["model"] == model and label not in runs:
+            runs[label] = [SimpleNamespace(**u) for u in r["units"]]
+    plot_sparsity_profile(runs, folder / "sparsity_profiles.png")
