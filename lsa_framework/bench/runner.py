@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,89 @@ def _score_model(
     return cached
 
 
-def run_grid(grid: GridConfig, output: Path, observer: BenchObserver | None = None) -> ResultStore:
+@dataclass
+class CellPlan:
+    """A cell with its allocation done: what to prune, and the record to fill."""
+
+    cell: Cell
+    config: RunConfig
+    plugins: Plugins
+    record: dict[str, Any]
+    units: list[Any]
+    unit_values: dict[str, float]
+    sparsities: dict[str, float]
+    linear_sparsity: dict[str, float]
+
+    @property
+    def key(self) -> str:
+        return str(self.record["prune_key"])
+
+
+def plan_cell(cell: Cell, config: RunConfig, plugins: Plugins, layout: Layout, values: dict) -> CellPlan:
+    """Score → sparsity for one cell (cheap: the scores come from the shared dense pass)."""
+    units = plugins.allocator.call("units", layout)
+    unit_values = values[f"{cell.scorer}/{cell.allocator}"]
+    granularity = getattr(plugins.allocator.instance, "granularity", "layer")
+    scores = plugins.scorer.call("finish", unit_values, config.target_sparsity, granularity)
+    sparsities, note = allocate(plugins.allocator, units, scores, config.target_sparsity, config.parsed_pattern)
+    linear_sparsity = {info.name: sparsities[u.name] for u in units for info in u.linears}
+    record: dict[str, Any] = {
+        "id": cell.id,
+        "model": cell.model,
+        "scorer": cell.scorer,
+        "allocator": cell.allocator,
+        "pruner": cell.pruner,
+        "sparsity": cell.sparsity,
+        "pattern": cell.pattern,
+        "method": cell.method,
+        "prune_key": _prune_key(linear_sparsity, config),
+        "note": note,
+    }
+    return CellPlan(cell, config, plugins, record, units, unit_values, sparsities, linear_sparsity)
+
+
+def execute_cell(session: ModelSession, plan: CellPlan, obs: Observer) -> dict[str, Any]:
+    """Prune the dense model as planned and evaluate it; returns what the record lacks."""
+    started = time.perf_counter()
+    session.restore()
+    hashes = prune_model(
+        session.layout, session.calibrate, plan.plugins.pruner, plan.linear_sparsity, plan.config.parsed_pattern, obs
+    )
+    records = unit_records(plan.units, plan.unit_values, plan.sparsities)
+    context = EvalContext(config=plan.config, dataset=plan.plugins.dataset.instance, layout=session.layout)
+    metrics = evaluate(plan.plugins.evaluators, session.model, session.tokenizer, context, obs)
+    return {
+        "metrics": metrics,
+        "mask_sha256": hashes,
+        "units": [vars(r) for r in records],
+        "reused_from": None,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def reuse_outcome(plan: CellPlan, previous: dict[str, Any]) -> dict[str, Any]:
+    """A cell whose allocation equals a finished one's takes its metrics and masks."""
+    return {
+        "metrics": previous["metrics"],
+        "mask_sha256": previous["mask_sha256"],
+        "units": _allocated_units(plan.units, plan.unit_values, plan.sparsities),
+        "reused_from": previous["id"],
+        "seconds": 0.0,
+    }
+
+
+#: Runs the unique plans of one model and yields (plan, outcome) as they finish.
+Executor = Callable[[ModelSession, list[CellPlan], Observer], Iterator[tuple[CellPlan, dict[str, Any]]]]
+
+
+def local_executor(session: ModelSession, plans: list[CellPlan], obs: Observer) -> Iterator[tuple[CellPlan, dict]]:
+    for plan in plans:
+        yield plan, execute_cell(session, plan, obs)
+
+
+def run_grid(
+    grid: GridConfig, output: Path, observer: BenchObserver | None = None, executor: Executor = local_executor
+) -> ResultStore:
     """Run every unfinished cell of ``grid``; results accumulate in ``output``."""
     from lsa_framework.bench.tables import write_tables
 
@@ -165,6 +248,12 @@ def run_grid(grid: GridConfig, output: Path, observer: BenchObserver | None = No
     store = ResultStore.open(output)
     todo = [c for c in all_cells if c.id not in store.records]
     obs.start_grid(len(all_cells), len(all_cells) - len(todo))
+
+    def finish(plan: CellPlan, outcome: dict[str, Any], shared: dict[str, float]) -> None:
+        store.add({**plan.record, **outcome, "shared_seconds": shared})
+        write_tables(store, output)
+        obs.cell_done(plan.cell, outcome["seconds"])
+
     for model in grid.models:
         model_cells = [c for c in todo if c.model == model]
         if not model_cells:
@@ -172,68 +261,24 @@ def run_grid(grid: GridConfig, output: Path, observer: BenchObserver | None = No
         first = model_cells[0]
         started = time.perf_counter()
         session = ModelSession.open(configs[first.id], plugins[first.id])
-        setup_seconds = time.perf_counter() - started
+        shared = {"load_and_calibrate": round(time.perf_counter() - started, 2)}
         started = time.perf_counter()
         values = _score_model(session, model_cells, plugins, store, obs)
-        scoring_seconds = time.perf_counter() - started
+        shared["scoring"] = round(time.perf_counter() - started, 2)
+        plans = [plan_cell(c, configs[c.id], plugins[c.id], session.layout, values) for c in model_cells]
         done_by_key = {r["prune_key"]: r for r in store.records.values() if "prune_key" in r}
-        for cell in model_cells:
-            record = _run_cell(cell, configs[cell.id], plugins[cell.id], session, values, done_by_key, obs)
-            record["shared_seconds"] = {
-                "load_and_calibrate": round(setup_seconds, 2),
-                "scoring": round(scoring_seconds, 2),
-            }
-            store.add(record)
-            done_by_key.setdefault(record["prune_key"], record)
-            write_tables(store, output)
-            obs.cell_done(cell, record["seconds"])
+        waiting: dict[str, list[CellPlan]] = {}
+        for plan in plans:
+            if plan.key in done_by_key:
+                finish(plan, reuse_outcome(plan, done_by_key[plan.key]), shared)
+            else:
+                waiting.setdefault(plan.key, []).append(plan)
+        for plan, outcome in executor(session, [group[0] for group in waiting.values()], obs):
+            finish(plan, outcome, shared)
+            for twin in waiting[plan.key][1:]:
+                finish(twin, reuse_outcome(twin, {**plan.record, **outcome}), shared)
     write_tables(store, output)
     return store
-
-
-def _run_cell(
-    cell: Cell,
-    config: RunConfig,
-    plugins: Plugins,
-    session: ModelSession,
-    values: dict[str, dict[str, float]],
-    done_by_key: dict[str, dict[str, Any]],
-    obs: Observer,
-) -> dict[str, Any]:
-    started = time.perf_counter()
-    units = plugins.allocator.call("units", session.layout)
-    unit_values = values[f"{cell.scorer}/{cell.allocator}"]
-    granularity = getattr(plugins.allocator.instance, "granularity", "layer")
-    scores = plugins.scorer.call("finish", unit_values, config.target_sparsity, granularity)
-    sparsities, note = allocate(plugins.allocator, units, scores, config.target_sparsity, config.parsed_pattern)
-    linear_sparsity = {info.name: sparsities[u.name] for u in units for info in u.linears}
-    key = _prune_key(linear_sparsity, config)
-    record: dict[str, Any] = {
-        "id": cell.id,
-        "model": cell.model,
-        "scorer": cell.scorer,
-        "allocator": cell.allocator,
-        "pruner": cell.pruner,
-        "sparsity": cell.sparsity,
-        "pattern": cell.pattern,
-        "method": cell.method,
-        "prune_key": key,
-        "note": note,
-    }
-    previous = done_by_key.get(key)
-    if previous is not None:
-        record.update(metrics=previous["metrics"], reused_from=previous["id"], mask_sha256=previous["mask_sha256"])
-        record["units"] = _allocated_units(units, unit_values, sparsities)
-        record["seconds"] = round(time.perf_counter() - started, 3)
-        return record
-    session.restore()
-    hashes = prune_model(session.layout, session.calibrate, plugins.pruner, linear_sparsity, config.parsed_pattern, obs)
-    records = unit_records(units, unit_values, sparsities)
-    context = EvalContext(config=config, dataset=plugins.dataset.instance, layout=session.layout)
-    metrics = evaluate(plugins.evaluators, session.model, session.tokenizer, context, obs)
-    record.update(metrics=metrics, mask_sha256=hashes, units=[vars(r) for r in records], reused_from=None)
-    record["seconds"] = round(time.perf_counter() - started, 3)
-    return record
 
 
 def _allocated_units(units: list[Any], values: dict[str, float], sparsities: dict[str, float]) -> list:

@@ -82,3 +82,25 @@ def test_grid_shares_work_matches_single_runs_and_resumes(grid: GridConfig, tiny
     assert "| wanda + lse (block) |" in table and "perplexity" in table
     assert (out / "perplexity_vs_sparsity.png").stat().st_size > 0
     assert (out / "sparsity_profiles.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_identical_results(tiny_run_values, tmp_path: Path):
+    pytest.importorskip("ray")
+    from lsa_framework.bench.ray_executor import run_grid_ray
+
+    shared = {k: v for k, v in tiny_run_values.items() if k != "model"}
+    grid = GridConfig(
+        models=[tiny_run_values["model"]],
+        scorers=["uniform", "owl"],
+        allocators=["layer"],
+        pruners=["wanda"],
+        sparsities=[0.6],
+        run=shared,
+    )
+    local = run_grid(grid, tmp_path / "local").records
+    remote = run_grid_ray(grid, tmp_path / "ray").records
+    assert set(local) == set(remote) and len(local) == 2
+    for cell_id, record in local.items():
+        assert remote[cell_id]["mask_sha256"] == record["mask_sha256"]
+        assert remote[cell_id]["metrics"] == pytest.approx(record["metrics"], rel=1e-9)

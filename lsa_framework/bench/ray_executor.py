@@ -1,0 +1,82 @@
+"""Run the cells of a grid as Ray tasks (``lsaf bench --executor ray``; ``pip install lsa-framework[ray]``).
+
+The driver does the shared work (one dense scoring pass per model, the allocations, de-duplication);
+each Ray actor loads the model once and prunes + evaluates the cells sent to it. Cells are planned
+from the same scores with the same code as the local executor, so the results are identical.
+``LSAF_RAY_WORKERS`` sets the number of actors per model (default 1); ``RAY_ADDRESS`` joins a
+cluster, otherwise a local Ray is started.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lsa_framework.bench.grid import GridConfig, cell_config, cells
+from lsa_framework.bench.runner import (
+    BenchObserver,
+    CellPlan,
+    ModelSession,
+    ResultStore,
+    execute_cell,
+    plan_cell,
+    run_grid,
+)
+from lsa_framework.engine.pipeline import Observer, resolve_plugins
+from lsa_framework.errors import BadInputError
+
+
+class CellWorker:
+    """Holds one model; plans and executes cells by id (wrapped as a Ray actor)."""
+
+    def __init__(self, grid_data: dict[str, Any], cell_id: str) -> None:
+        self.grid = GridConfig(**grid_data)
+        self.cells = {c.id: c for c in cells(self.grid)}
+        config = cell_config(self.grid, self.cells[cell_id])
+        self.session = ModelSession.open(config, resolve_plugins(config))
+
+    def execute(self, cell_id: str, values: dict[str, dict[str, float]]) -> dict[str, Any]:
+        cell = self.cells[cell_id]
+        config = cell_config(self.grid, cell)
+        plan = plan_cell(cell, config, resolve_plugins(config), self.session.layout, values)
+        return execute_cell(self.session, plan, Observer())
+
+
+def run_grid_ray(grid: GridConfig, output: Path, observer: BenchObserver | None = None) -> ResultStore:
+    try:
+        import ray
+    except ImportError as exc:
+        raise BadInputError("--executor ray needs Ray; install it with `pip install lsa-framework[ray]`.") from exc
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    remote_worker = ray.remote(CellWorker)
+    workers_per_model = int(os.environ.get("LSAF_RAY_WORKERS", "1"))
+
+    def executor(
+        session: ModelSession, plans: list[CellPlan], obs: Observer
+    ) -> Iterator[tuple[CellPlan, dict[str, Any]]]:
+        if not plans:
+            return
+        values = {f"{p.cell.scorer}/{p.cell.allocator}": p.unit_values for p in plans}
+        actors = [
+            remote_worker.remote(grid.model_dump(mode="json"), plans[0].cell.id)  # type: ignore[attr-defined]
+            for _ in range(workers_per_model)
+        ]
+        pending = {
+            actors[i % len(actors)].execute.remote(plan.cell.id, values): plan for i, plan in enumerate(plans)
+        }
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            plan = pending.pop(done[0])
+            yield plan, ray.get(done[0])
+        for actor in actors:
+            ray.kill(actor)
+
+    try:
+        return run_grid(grid, output, observer, executor)
+    finally:
+        if started_here:
+            ray.shutdown()
