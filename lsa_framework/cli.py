@@ -158,6 +158,7 @@ def run(
     eval_opt: Annotated[list[str] | None, typer.Option(help="Evaluator option NAME.KEY=VALUE.")] = None,
     output: Annotated[Path | None, typer.Option(help="Folder for model/, run.json, report.md, plots.")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing --output.")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue an interrupted run into --output.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print run.json to stdout instead of a table.")] = False,
@@ -191,6 +192,7 @@ def run(
                 eval_opt=eval_opt,
                 output=output,
                 overwrite=overwrite,
+                resume=resume,
                 threads=threads,
             )
         )

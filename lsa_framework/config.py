@@ -50,6 +50,7 @@ class RunConfig(BaseModel):
     eval_opts: dict[str, dict[str, Any]] = Field(default_factory=dict)
     output: Path | None = None
     overwrite: bool = False
+    resume: bool = Field(default=False, description="Continue an interrupted run with the same settings and output.")
     threads: int | None = Field(default=None, gt=0)
 
     @field_validator("sparsity")

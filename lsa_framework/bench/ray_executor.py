@@ -52,7 +52,7 @@ def run_grid_ray(grid: GridConfig, output: Path, observer: BenchObserver | None 
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    remote_worker = ray.remote(CellWorker)
+    remote_worker: Any = ray.remote(CellWorker)
     workers_per_model = int(os.environ.get("LSAF_RAY_WORKERS", "1"))
 
     def executor(
@@ -61,13 +61,10 @@ def run_grid_ray(grid: GridConfig, output: Path, observer: BenchObserver | None 
         if not plans:
             return
         values = {f"{p.cell.scorer}/{p.cell.allocator}": p.unit_values for p in plans}
-        actors = [
-            remote_worker.remote(grid.model_dump(mode="json"), plans[0].cell.id)  # type: ignore[attr-defined]
-            for _ in range(workers_per_model)
+        actors: list[Any] = [
+            remote_worker.remote(grid.model_dump(mode="json"), plans[0].cell.id) for _ in range(workers_per_model)
         ]
-        pending = {
-            actors[i % len(actors)].execute.remote(plan.cell.id, values): plan for i, plan in enumerate(plans)
-        }
+        pending = {actors[i % len(actors)].execute.remote(plan.cell.id, values): plan for i, plan in enumerate(plans)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             plan = pending.pop(done[0])

@@ -23,6 +23,7 @@ import torch
 from lsa_framework import __version__, registry
 from lsa_framework.config import RunConfig, plugin_options
 from lsa_framework.data.windows import sample_windows
+from lsa_framework.engine.checkpoint import Checkpoint
 from lsa_framework.engine.sequential import Activations, capture_layer_inputs, pruning_pass, scoring_pass
 from lsa_framework.errors import BadInputError, LsafError, PluginError
 from lsa_framework.model.layout import find_layout
@@ -248,10 +249,19 @@ def prune_model(
     pattern: Pattern,
     observer: Observer,
     report: Any = None,
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, str]:
-    """The sequential pruning pass; returns a hash of every linear's mask."""
+    """The sequential pruning pass; returns a hash of every linear's mask.
+
+    With a checkpoint, each pruned layer is saved as soon as it is done, and a resumed run starts
+    after the last saved layer.
+    """
     pm = registry.plugin_manager()
+    start = 0
     hashes: dict[str, str] = {}
+    if checkpoint is not None:
+        start = checkpoint.layers_done
+        hashes = checkpoint.restore_layers(layout)
 
     def prune_layer(index: int, stats: dict[str, LinearStats]) -> None:
         masks = {}
@@ -259,11 +269,15 @@ def prune_model(
             if info.name in linear_sparsity:
                 mask = pruner.call("prune", info.module, stats[info.name], linear_sparsity[info.name], pattern)
                 masks[info.name] = mask
-                hashes[info.name] = mask_hash(mask)
+        layer_hashes = {name: mask_hash(mask) for name, mask in masks.items()}
+        hashes.update(layer_hashes)
         pm.hook.lsaf_after_layer_pruned(layer_index=index, masks=masks, report=report)
+        if checkpoint is not None:
+            checkpoint.save_layer(layout, index, layer_hashes)
 
     observer.start_pass("pruning", layout.num_layers)
-    pruning_pass(layout, calibrate(), frozenset(pruner.instance.needs), prune_layer, lambda _i: observer.advance())
+    needs = frozenset(pruner.instance.needs)
+    pruning_pass(layout, calibrate(), needs, prune_layer, lambda _i: observer.advance(), start=start)
     observer.end_pass()
     return hashes
 
@@ -303,6 +317,7 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
         check_output_path(config.output, config.overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
+    checkpoint = Checkpoint.open(config)
     pm = registry.plugin_manager()
     pm.hook.lsaf_before_run(config=config)
     result = RunResult(config=config)
@@ -324,7 +339,10 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
         return capture_layer_inputs(model, layout.layers[0], input_ids, config.batch_size)
 
     with stage("scoring"):
-        values = score_jobs([ScoringJob("run", plugins.scorer, units)], layout, calibrate, observer)["run"]
+        values = checkpoint.scores
+        if values is None:
+            values = score_jobs([ScoringJob("run", plugins.scorer, units)], layout, calibrate, observer)["run"]
+            checkpoint.save_scores(values)
         granularity = getattr(plugins.allocator.instance, "granularity", "layer")
         scores: Scores = plugins.scorer.call("finish", values, target, granularity)
     pm.hook.lsaf_after_scoring(scores=scores, report=result)
@@ -338,7 +356,9 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
     linear_sparsity = {info.name: sparsities[u.name] for u in units for info in u.linears}
 
     with stage("pruning"):
-        result.mask_hashes = prune_model(layout, calibrate, plugins.pruner, linear_sparsity, pattern, observer, result)
+        result.mask_hashes = prune_model(
+            layout, calibrate, plugins.pruner, linear_sparsity, pattern, observer, result, checkpoint
+        )
     result.units = unit_records(units, values, sparsities)
 
     with stage("evaluation"):
@@ -349,6 +369,7 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
         with stage("save"):
             write_output(result, model, tokenizer, config.output, config.overwrite)
         result.output = config.output
+    checkpoint.discard()
     return result
 
 

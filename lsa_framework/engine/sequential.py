@@ -110,18 +110,21 @@ def pruning_pass(
     needs: frozenset[str],
     prune_layer: StatsCallback,
     after_layer: Callable[[int], None] | None = None,
+    start: int = 0,
 ) -> None:
     """Sequential pass: statistics from the inputs of the already-pruned layers, prune, propagate.
 
     Two forwards per layer (before and after pruning), as in the Wanda and SparseGPT references;
     the first is skipped when the pruner needs no statistics, the second after the last layer.
+    Layers before ``start`` are already pruned (a resumed run): they only propagate.
     """
     last = len(layout.layers) - 1
     for index, layer in enumerate(layout.layers):
-        with gather_stats(layout.linears[index], needs) as stats:
-            if needs:
-                layer_forward(layer, acts, index)
-        prune_layer(index, stats)
+        if index >= start:
+            with gather_stats(layout.linears[index], needs) as stats:
+                if needs:
+                    layer_forward(layer, acts, index)
+            prune_layer(index, stats)
         if index < last:
             acts.hidden = layer_forward(layer, acts, index)
         if after_layer is not None:

@@ -100,14 +100,14 @@ def quiet(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    from datasets.utils import logging as datasets_logging
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
     levels = [logger.level for logger in loggers]
-    bars = datasets_logging.is_progress_bar_enabled()
+    bars = not are_progress_bars_disabled()
     for logger in loggers:
         logger.setLevel(logging.ERROR)
-    datasets_logging.disable_progress_bar()
+    disable_progress_bars()
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # tqdm bars of lm-eval
             yield
@@ -115,7 +115,7 @@ def quiet(enabled: bool = True) -> Iterator[None]:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
         if bars:
-            datasets_logging.enable_progress_bar()
+            enable_progress_bars()
 
 
 def _task_manager(include_path: list[Path], defaults: bool) -> Any:
