@@ -135,6 +135,18 @@ def load_model(spec: str, dtype: str = "float32") -> LoadedModel:
     else:
         model, tokenizer = _load_pretrained(spec, torch_dtype, local=False)
         source = spec
+    _check_tokenizer_fits(model, tokenizer, spec)
     model.eval()
     model.config.use_cache = False
     return LoadedModel(model=model, tokenizer=tokenizer, source=source)
+
+
+def _check_tokenizer_fits(model: Any, tokenizer: Any, spec: str) -> None:
+    """A tokenizer with ids past the embedding table would crash deep inside the first forward."""
+    embedding = model.get_input_embeddings()
+    rows = int(embedding.weight.shape[0]) if embedding is not None else None
+    if rows is not None and len(tokenizer) > rows:
+        raise BadInputError(
+            f"The tokenizer of {spec} has {len(tokenizer)} tokens but the model embeds only {rows}; "
+            "use the tokenizer that was saved with the model."
+        )
