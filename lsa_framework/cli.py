@@ -159,7 +159,8 @@ def run(
     output: Annotated[Path | None, typer.Option(help="Folder for model/, run.json, report.md, plots.")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing --output.")] = None,
     resume: Annotated[bool | None, typer.Option("--resume", help="Continue an interrupted run into --output.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or auto (layer by layer).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print run.json to stdout instead of a table.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
@@ -194,6 +195,7 @@ def run(
                 overwrite=overwrite,
                 resume=resume,
                 threads=threads,
+                device=device,
             )
         )
         run_config = build_config(values)

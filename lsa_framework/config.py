@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -51,7 +52,8 @@ class RunConfig(BaseModel):
     output: Path | None = None
     overwrite: bool = False
     resume: bool = Field(default=False, description="Continue an interrupted run with the same settings and output.")
-    threads: int | None = Field(default=None, gt=0)
+    threads: int | None = Field(default=None, gt=0, description="torch CPU threads (default: all cores).")
+    device: str = Field(default="cpu", description="cpu, cuda, cuda:N or auto; layers are onloaded one at a time.")
 
     @field_validator("sparsity")
     @classmethod
@@ -64,6 +66,24 @@ class RunConfig(BaseModel):
     @classmethod
     def _pattern_parses(cls, value: str) -> str:
         return str(Pattern.parse(value))
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, value: str) -> str:
+        if value not in ("cpu", "auto", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {value!r}")
+        return value
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The compute device; fails clearly when CUDA is asked for and absent."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BadInputError(
+                f"--device {self.device} was asked for but no CUDA device is available; use --device cpu."
+            )
+        return torch.device(self.device)
 
     @property
     def parsed_pattern(self) -> Pattern:

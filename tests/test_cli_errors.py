@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lsa_framework.cli import app
@@ -49,9 +50,14 @@ CASES = {
     "nsamples zero": (["--nsamples", "0"], "nsamples"),
     "missing model path": (["--model", "./no/such/model"], "does not exist"),
     "missing calibration file": (["--calibration", "./no/such.txt"], "does not exist"),
+    "unknown device": (["--device", "tpu"], "device"),
     "unknown plugin option": (["--pruner", "sparsegpt", "--pruner-opt", "blocksz=64"], "blocksz"),
     "bad plugin option value": (["--pruner", "sparsegpt", "--pruner-opt", "percdamp=-1"], "percdamp"),
 }
+
+
+if not torch.cuda.is_available():
+    CASES["cuda without a GPU"] = (["--device", "cuda"], "no CUDA device")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

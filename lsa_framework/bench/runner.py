@@ -108,7 +108,9 @@ class ModelSession:
         return cls(config, loaded.model, loaded.tokenizer, layout, input_ids, dense)
 
     def calibrate(self) -> Activations:
-        return capture_layer_inputs(self.model, self.layout.layers[0], self.input_ids, self.config.batch_size)
+        return capture_layer_inputs(
+            self.model, self.layout.layers[0], self.input_ids, self.config.batch_size, self.config.torch_device
+        )
 
     def restore(self) -> None:
         with torch.no_grad():

@@ -27,7 +27,7 @@ from lsa_framework.errors import BadInputError
 from lsa_framework.types import Layout
 
 #: RunConfig fields that do not change what is computed, so a resume may differ in them.
-NOT_FINGERPRINTED = frozenset({"output", "overwrite", "resume", "threads", "eval", "eval_opts"})
+NOT_FINGERPRINTED = frozenset({"output", "overwrite", "resume", "threads", "device", "eval", "eval_opts"})
 
 
 def fingerprint(config: Any) -> str:
@@ -109,7 +109,7 @@ class Checkpoint:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        tensors = {info.name: info.module.weight.detach().contiguous() for info in layout.linears[index]}
+        tensors = {info.name: info.module.weight.detach().cpu().contiguous() for info in layout.linears[index]}
         _write_atomically(self.folder / f"layer_{index}.safetensors", lambda p: save_file(tensors, str(p)))
         self.state["mask_sha256"].update(hashes)
         self.state["layers_done"] = index + 1

@@ -161,7 +161,7 @@ class Stages:
 
 
 def mask_hash(mask: torch.Tensor) -> str:
-    packed = mask.to(torch.bool).contiguous().view(torch.uint8).numpy().tobytes()
+    packed = mask.to(device="cpu", dtype=torch.bool).contiguous().view(torch.uint8).numpy().tobytes()
     return hashlib.sha256(packed).hexdigest()[:16]
 
 
@@ -317,6 +317,7 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
         check_output_path(config.output, config.overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = config.torch_device
     checkpoint = Checkpoint.open(config)
     pm = registry.plugin_manager()
     pm.hook.lsaf_before_run(config=config)
@@ -336,7 +337,7 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
         input_ids = calibration_ids(config, plugins.dataset, tokenizer, model)
 
     def calibrate() -> Activations:
-        return capture_layer_inputs(model, layout.layers[0], input_ids, config.batch_size)
+        return capture_layer_inputs(model, layout.layers[0], input_ids, config.batch_size, device)
 
     with stage("scoring"):
         values = checkpoint.scores
@@ -363,7 +364,8 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
 
     with stage("evaluation"):
         context = EvalContext(config=config, dataset=plugins.dataset.instance, layout=layout)
-        result.metrics = evaluate(plugins.evaluators, model, tokenizer, context, observer)
+        result.metrics = evaluate(plugins.evaluators, model.to(device), tokenizer, context, observer)
+        model.to("cpu")
     pm.hook.lsaf_after_run(result=result)
     if config.output is not None:
         with stage("save"):

@@ -9,7 +9,8 @@ model's dtype; a pass holds one set of them and swaps inputs for outputs layer b
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,28 @@ class _StopForward(Exception):
     """Raised inside layer 0 once its inputs are captured, to skip the rest of the model."""
 
 
+def _to(value: Any, device: torch.device) -> Any:
+    """Move the tensors in a layer's captured arguments (tuples such as (cos, sin) too)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
+
+@contextmanager
+def onloaded(layer: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Sequential onloading: the layer sits on ``device`` only while it is being processed."""
+    if device.type == "cpu":
+        yield
+        return
+    layer.to(device)
+    try:
+        yield
+    finally:
+        layer.to("cpu")
+
+
 @dataclass
 class Activations:
     """The calibration batch as seen at the input of one decoder layer."""
@@ -38,11 +61,24 @@ class Activations:
     def nsamples(self) -> int:
         return sum(h.shape[0] for h in self.hidden)
 
+    def to(self, device: torch.device) -> Activations:
+        """Keep the calibration activations on the compute device between layers."""
+        if device.type == "cpu":
+            return self
+        return Activations([h.to(device) for h in self.hidden], [_to(kw, device) for kw in self.kwargs])
+
 
 def capture_layer_inputs(
-    model: torch.nn.Module, first_layer: torch.nn.Module, input_ids: torch.Tensor, batch_size: int
+    model: torch.nn.Module,
+    first_layer: torch.nn.Module,
+    input_ids: torch.Tensor,
+    batch_size: int,
+    device: torch.device | None = None,
 ) -> Activations:
-    """Run the model up to ``first_layer`` on every calibration batch and keep what it was given."""
+    """Run the model up to ``first_layer`` on every calibration batch and keep what it was given.
+
+    The embedding runs where the model is (the CPU); the captured activations then move to ``device``.
+    """
     captured = Activations(hidden=[])
 
     def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -65,7 +101,7 @@ def capture_layer_inputs(
                     model(input_ids=input_ids[start : start + batch_size], use_cache=False)
     finally:
         handle.remove()
-    return captured
+    return captured.to(device) if device is not None else captured
 
 
 def layer_forward(layer: torch.nn.Module, acts: Activations, layer_index: int) -> list[torch.Tensor]:
@@ -95,10 +131,12 @@ def scoring_pass(
     after_layer: Callable[[int], None] | None = None,
 ) -> None:
     """Dense pass: one forward per layer both gathers its statistics and produces the next inputs."""
+    device = acts.hidden[0].device
     for index, layer in enumerate(layout.layers):
-        with gather_stats(layout.linears[index], needs) as stats:
-            outputs = layer_forward(layer, acts, index)
-        on_stats(index, stats)
+        with onloaded(layer, device):
+            with gather_stats(layout.linears[index], needs) as stats:
+                outputs = layer_forward(layer, acts, index)
+            on_stats(index, stats)
         acts.hidden = outputs
         if after_layer is not None:
             after_layer(index)
@@ -119,13 +157,15 @@ def pruning_pass(
     Layers before ``start`` are already pruned (a resumed run): they only propagate.
     """
     last = len(layout.layers) - 1
+    device = acts.hidden[0].device
     for index, layer in enumerate(layout.layers):
-        if index >= start:
-            with gather_stats(layout.linears[index], needs) as stats:
-                if needs:
-                    layer_forward(layer, acts, index)
-            prune_layer(index, stats)
-        if index < last:
-            acts.hidden = layer_forward(layer, acts, index)
+        with onloaded(layer, device):
+            if index >= start:
+                with gather_stats(layout.linears[index], needs) as stats:
+                    if needs:
+                        layer_forward(layer, acts, index)
+                prune_layer(index, stats)
+            if index < last:
+                acts.hidden = layer_forward(layer, acts, index)
         if after_layer is not None:
             after_layer(index)

@@ -17,11 +17,12 @@ from lsa_framework.types import STAT_NAMES, LinearInfo, LinearStats
 
 
 class _GroupAccumulator:
-    def __init__(self, in_features: int, needs: frozenset[str]) -> None:
+    def __init__(self, in_features: int, needs: frozenset[str], device: torch.device) -> None:
         self.nsamples = 0
         self.ntokens = 0
-        self.sq_norm = torch.zeros(in_features, dtype=torch.float32) if "input_sq_norm" in needs else None
-        self.gram = torch.zeros(in_features, in_features, dtype=torch.float32) if "gram" in needs else None
+        f32 = torch.float32
+        self.sq_norm = torch.zeros(in_features, dtype=f32, device=device) if "input_sq_norm" in needs else None
+        self.gram = torch.zeros(in_features, in_features, dtype=f32, device=device) if "gram" in needs else None
 
     def add(self, x: torch.Tensor) -> None:
         # x: (batch, tokens, in) or (tokens, in); a "sample" is one sequence, as in the references.
@@ -65,7 +66,7 @@ def gather_stats(linears: Sequence[LinearInfo], needs: Iterable[str]) -> Iterato
     if wanted:
         for group, members in groups.items():
             first = members[0].module
-            acc = _GroupAccumulator(first.in_features, wanted)
+            acc = _GroupAccumulator(first.in_features, wanted, first.weight.device)
             accumulators[group] = acc
 
             def hook(_module: Any, args: tuple[Any, ...], _acc: _GroupAccumulator = acc) -> None:

@@ -14,12 +14,12 @@ import importlib.util
 import inspect
 import re
 import sys
-import tomllib
 import types
 from pathlib import Path
 
 import pluggy
 import pytest
+import tomllib
 
 from lsa_framework import hookspecs, registry
 from lsa_framework.types import Scores
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_PAGE = ROOT / "docs" / "plugins.md"
 EXAMPLE_PACKAGE = ROOT / "plugins" / "lsaf-depth-allocator"
 #: Files of the tutorial that must be identical to the shipped example package.
-SHIPPED_FILES = ("pyproject.toml", "lsaf_depth_allocator/__init__.py")
+SHIPPED_FILES = ("pyproject.toml", "lsaf_depth_allocator/__init__.py", "tests/test_depth.py")
 NO_SCORES = Scores(values={}, higher_is_important=True, spread=0.0)
 
 FENCE = re.compile(r"^```(?P<lang>[\w+-]*)(?P<attrs>[^\n]*)\n(?P<code>.*?)^```\s*$", re.MULTILINE | re.DOTALL)
