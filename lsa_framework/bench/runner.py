@@ -59,6 +59,7 @@ def _write_json_atomically(path: Path, data: Any) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=1)
         handle.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide shared results from other users
     os.replace(tmp, path)
 
 
