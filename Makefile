@@ -30,8 +30,8 @@ test: install
 	$(VENV)/bin/pytest -q plugins/lsaf-depth-allocator/tests
 
 lint: install
-	$(VENV)/bin/ruff check lsa_framework tests benchmarks
-	$(VENV)/bin/ruff format --check lsa_framework tests benchmarks
+	$(VENV)/bin/ruff check lsa_framework tests benchmarks plugins docs/hooks.py
+	$(VENV)/bin/ruff format --check lsa_framework tests benchmarks plugins docs/hooks.py
 	$(VENV)/bin/mypy lsa_framework
 
 docs: install

@@ -18,6 +18,9 @@ import typing
 from functools import cache
 from typing import Any
 
+# Built-in plugins only: the pages must not depend on what else is installed on the machine.
+os.environ["LSAF_LOAD_PLUGINS"] = ""
+
 MARKERS = {
     "<!-- lsaf:cli -->": "render_cli",
     "<!-- lsaf:config -->": "render_config",
@@ -103,6 +106,11 @@ def _cell(text: str | None) -> str:
     return (text or "").replace("|", "\\|").replace("\n", " ")
 
 
+def _code_cell(text: str) -> str:
+    """A code span in a table cell: Python-Markdown keeps pipes inside backticks in one cell."""
+    return f"`{text}`"
+
+
 def _cli_flags() -> dict[str, tuple[str, str]]:
     """RunConfig field → the ``lsaf run`` flag that sets it and its help (``scorer_opts`` → ``--scorer-opt``)."""
     import typer
@@ -126,7 +134,7 @@ def _options_table(options: Any) -> list[str]:
     lines = ["| option | type | default | allowed | description |", "| --- | --- | --- | --- | --- |"]
     for name, field in fields.items():
         lines.append(
-            f"| `{name}` | `{_cell(_type_name(field.annotation))}` | {_cell(_default(field))} | "
+            f"| `{name}` | {_code_cell(_type_name(field.annotation))} | {_cell(_default(field))} | "
             f"{_cell(_constraints(field))} | {_cell(field.description)} |"
         )
     return lines
@@ -139,7 +147,6 @@ def _summary(obj: Any) -> str:
 
 @cache
 def render_config() -> str:
-    os.environ["LSAF_LOAD_PLUGINS"] = ""  # built-ins only: the page must not depend on the machine
     from lsa_framework import registry
     from lsa_framework.config import RunConfig
 
@@ -149,7 +156,7 @@ def render_config() -> str:
     for name, field in RunConfig.model_fields.items():
         flag, flag_help = flags[name]
         lines.append(
-            f"| `{name}` | `{_cell(_type_name(field.annotation))}` | {_cell(_default(field))} | "
+            f"| `{name}` | {_code_cell(_type_name(field.annotation))} | {_cell(_default(field))} | "
             f"{_cell(_constraints(field))} | {f'`{flag}`' if flag else ''} | {_cell(field.description or flag_help)} |"
         )
     for kind in registry.KINDS:
@@ -170,7 +177,7 @@ def render_config() -> str:
                 lines += [f"Module `{cls.__module__}`.", ""]
             options = getattr(cls, "Options", None)
             if options is not None:
-                lines += _options_table(options) + [""]
+                lines += [*_options_table(options), ""]
     return "\n".join(lines)
 
 

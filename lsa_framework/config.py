@@ -9,10 +9,10 @@ Plugin names are checked against the registry and plugin options against each pl
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 
 from lsa_framework import __version__, registry
+from lsa_framework.allocators.mapping import MAX_SPARSITY
 from lsa_framework.config import RunConfig, plugin_options
 from lsa_framework.data.windows import sample_windows
 from lsa_framework.engine.checkpoint import Checkpoint
@@ -350,7 +351,12 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
 
     with stage("allocation"):
         sparsities, note = allocate(plugins.allocator, units, scores, target, pattern)
-        result.allocation = {"scorer_spread": scores.spread, "granularity": granularity}
+        result.allocation = {
+            "scorer_spread": scores.spread,
+            "granularity": granularity,
+            # units the final step pinned at a bound (its excess went to the others by size)
+            "clipped_units": sorted(n for n, v in sparsities.items() if v <= 0.0 or v >= MAX_SPARSITY),
+        }
         if note:
             result.allocation["note"] = note
     pm.hook.lsaf_after_allocation(sparsities=sparsities, report=result)

@@ -94,7 +94,8 @@ def _load_pretrained(source: str, dtype: torch.dtype, *, local: bool) -> tuple[A
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True if local else None)
+        # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
     except Exception as exc:
         where = (
             "folder" if local else "model id (not found locally, and the hub was not reachable or has no such model)"
@@ -102,7 +103,8 @@ def _load_pretrained(source: str, dtype: torch.dtype, *, local: bool) -> tuple[A
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadInputError(
             f"Could not load the model {where} {source!r}: {reason}; "
-            "pass a folder with config.json and safetensors weights, a .gguf file, or smollm2-135m."
+            "pass a folder with config.json and safetensors weights (pickled .bin files are refused), "
+            "a .gguf file, or smollm2-135m."
         ) from exc
     return model, tokenizer
 

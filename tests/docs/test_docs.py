@@ -14,12 +14,12 @@ import importlib.util
 import inspect
 import re
 import sys
+import tomllib
 import types
 from pathlib import Path
 
 import pluggy
 import pytest
-import tomllib
 
 from lsa_framework import hookspecs, registry
 from lsa_framework.types import Scores

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,12 @@ def test_every_pruner_hits_exact_sparsity(tiny_run_values, pruner, pattern):
     for unit in result.units:
         # per-row rounding: int(in * 0.5) is exact for our even widths
         assert unit.realised == pytest.approx(0.5, abs=1e-9), unit.name
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_weights_prune_exactly(tiny_run_values, dtype):
+    config = build_config({**tiny_run_values, "dtype": dtype, "scorer": "lse", "pruner": "sparsegpt", "sparsity": 0.5})
+    result = run(config)
+    assert result.metrics["sparsity"] == pytest.approx(0.5, abs=1.0 / 64)
+    assert all(abs(u.realised - u.sparsity) <= 1.0 / 64 for u in result.units)
+    assert math.isfinite(result.metrics["perplexity"])

@@ -189,3 +189,13 @@ def test_failing_third_party_scorer_is_named_and_output_untouched(tiny_model_dir
     text = " ".join(result.output.split())
     assert "exploding" in text and "exploding_plugin" in text and "ZeroDivisionError" in text
     assert (out / "run.json").read_text() == "previous"
+
+
+def test_pickled_checkpoint_is_refused(tmp_path: Path, tiny_text_file: Path):
+    pickled = tmp_path / "pickled"
+    model = make_tiny_llama(num_layers=1)
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # the legacy pickled format
+    make_tokenizer().save_pretrained(pickled)
+    result = cli(*base_args(pickled, tiny_text_file, tmp_path / "out"))
+    assert result.exit_code == 2 and "pickled" in result.output

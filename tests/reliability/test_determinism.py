@@ -7,8 +7,14 @@ from lsa_framework.engine.pipeline import run
 
 
 def test_same_seed_same_masks_other_seed_other_masks(tiny_run_values):
-    values = {**tiny_run_values, "scorer": "lse", "pruner": "sparsegpt", "sparsity": 0.6, "eval": ["sparsity"],
-              "eval_opts": {}}
+    values = {
+        **tiny_run_values,
+        "scorer": "lse",
+        "pruner": "sparsegpt",
+        "sparsity": 0.6,
+        "eval": ["sparsity"],
+        "eval_opts": {},
+    }
     first = run(build_config(values))
     second = run(build_config(values))
     assert len(first.mask_hashes) == 21  # 3 layers × 7 linears

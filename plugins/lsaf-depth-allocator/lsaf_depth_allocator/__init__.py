@@ -18,10 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import Field
-
 from lsa_framework import finalize, hookimpl
 from lsa_framework.types import Layout, PluginOptions, Scores, Unit
+from pydantic import Field
 
 
 class DepthOptions(PluginOptions):

@@ -13,15 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lsaf_depth_allocator
 import pluggy
 import pytest
 import torch
-from lsaf_depth_allocator import DepthAllocator, DepthOptions
-from pydantic import ValidationError
-
 from lsa_framework import hookspecs
 from lsa_framework.types import Layout, LinearInfo, Scores, Unit
+from pydantic import ValidationError
+
+import lsaf_depth_allocator
+from lsaf_depth_allocator import DepthAllocator, DepthOptions
 
 NO_SCORES = Scores(values={}, higher_is_important=True, spread=0.0)
 
