@@ -6,36 +6,10 @@ import pytest
 import torch
 
 from lsa_framework.allocators.granularity import BlockAllocator, LayerAllocator, ProjectionAllocator
-from lsa_framework.types import Block, Layout, LinearInfo, Scores
+from lsa_framework.types import Layout, Scores
+from tests.fakes import fake_layout
 
 HIDDEN, KV, MLP = 64, 16, 128
-#: projection -> (block, input group, out_features, in_features)
-SHAPES: dict[str, tuple[Block, str, int, int]] = {
-    "q": ("attention", "attn_in", HIDDEN, HIDDEN),
-    "k": ("attention", "attn_in", KV, HIDDEN),
-    "v": ("attention", "attn_in", KV, HIDDEN),
-    "o": ("attention", "o_in", HIDDEN, HIDDEN),
-    "gate": ("mlp", "mlp_in", MLP, HIDDEN),
-    "up": ("mlp", "mlp_in", MLP, HIDDEN),
-    "down": ("mlp", "down_in", HIDDEN, MLP),
-}
-PARENT = {"attention": "self_attn", "mlp": "mlp"}
-
-
-def fake_layout(num_layers: int = 3) -> Layout:
-    layers, linears = [], []
-    for i in range(num_layers):
-        layer = torch.nn.Module()
-        infos = []
-        for proj, (block, group, out_f, in_f) in SHAPES.items():
-            module = torch.nn.Linear(in_f, out_f, bias=False)
-            layer.add_module(f"{proj}_proj", module)
-            infos.append(
-                LinearInfo(f"model.layers.{i}.{PARENT[block]}.{proj}_proj", i, block, proj, f"{i}.{group}", module)
-            )
-        layers.append(layer)
-        linears.append(infos)
-    return Layout("fake", layers, linears)
 
 
 def check_partition(units: list, layout: Layout) -> None:

@@ -18,37 +18,15 @@ from lsa_framework.scorers.dlp import DlpOptions, DlpScorer
 from lsa_framework.scorers.functions import lse_error
 from lsa_framework.scorers.lse import LseOptions, LseScorer, default_beta
 from lsa_framework.scorers.owl import OwlOptions, OwlScorer
-from lsa_framework.types import Block, Layout, LinearInfo, LinearStats, Scorer, Unit
+from lsa_framework.types import Layout, LinearInfo, LinearStats, Scorer, Unit
+from tests.fakes import fake_layout as shared_fake_layout
 
 HIDDEN, KV, MLP = 32, 8, 64
-SHAPES: dict[str, tuple[Block, str, int, int]] = {
-    "q": ("attention", "attn_in", HIDDEN, HIDDEN),
-    "k": ("attention", "attn_in", KV, HIDDEN),
-    "v": ("attention", "attn_in", KV, HIDDEN),
-    "o": ("attention", "o_in", HIDDEN, HIDDEN),
-    "gate": ("mlp", "mlp_in", MLP, HIDDEN),
-    "up": ("mlp", "mlp_in", MLP, HIDDEN),
-    "down": ("mlp", "down_in", HIDDEN, MLP),
-}
 ALLOCATORS = {"layer": LayerAllocator(), "block": BlockAllocator(), "projection": ProjectionAllocator()}
 
 
 def fake_layout(num_layers: int = 3, scales: tuple[float, ...] | None = None, seed: int = 0) -> Layout:
-    gen = torch.Generator().manual_seed(seed)
-    layers, linears = [], []
-    for i in range(num_layers):
-        layer = torch.nn.Module()
-        infos = []
-        for proj, (block, group, out_f, in_f) in SHAPES.items():
-            module = torch.nn.Linear(in_f, out_f, bias=False)
-            with torch.no_grad():
-                module.weight.copy_(torch.randn(out_f, in_f, generator=gen) * (scales[i] if scales else 1.0))
-            layer.add_module(f"{proj}_proj", module)
-            name = f"model.layers.{i}.{'self_attn' if block == 'attention' else 'mlp'}.{proj}_proj"
-            infos.append(LinearInfo(name, i, block, proj, f"{i}.{group}", module))
-        layers.append(layer)
-        linears.append(infos)
-    return Layout("fake", layers, linears)
+    return shared_fake_layout(num_layers, HIDDEN, KV, MLP, scales, seed)
 
 
 def fake_stats(layout: Layout, seed: int = 1, tokens: int = 96) -> dict[str, LinearStats]:

@@ -1,0 +1,48 @@
+"""A fake GQA layout (no model) for allocator and scorer tests: k/v narrower than q, MLP wider."""
+
+from __future__ import annotations
+
+import torch
+
+from lsa_framework.types import Block, Layout, LinearInfo
+
+#: projection -> (block, input group, out_features, in_features) in units of (hidden, kv, mlp)
+ROLES: dict[str, tuple[Block, str, str, str]] = {
+    "q": ("attention", "attn_in", "hidden", "hidden"),
+    "k": ("attention", "attn_in", "kv", "hidden"),
+    "v": ("attention", "attn_in", "kv", "hidden"),
+    "o": ("attention", "o_in", "hidden", "hidden"),
+    "gate": ("mlp", "mlp_in", "mlp", "hidden"),
+    "up": ("mlp", "mlp_in", "mlp", "hidden"),
+    "down": ("mlp", "down_in", "hidden", "mlp"),
+}
+PARENT = {"attention": "self_attn", "mlp": "mlp"}
+
+
+def fake_layout(
+    num_layers: int = 3,
+    hidden: int = 64,
+    kv: int = 16,
+    mlp: int = 128,
+    scales: tuple[float, ...] | None = None,
+    seed: int = 0,
+) -> Layout:
+    """Random weights (layer i scaled by ``scales[i]``); each layer's input groups are its own."""
+    dims = {"hidden": hidden, "kv": kv, "mlp": mlp}
+    gen = torch.Generator().manual_seed(seed)
+    layers, linears = [], []
+    for i in range(num_layers):
+        layer = torch.nn.Module()
+        infos = []
+        for proj, (block, group, out_role, in_role) in ROLES.items():
+            out_f, in_f = dims[out_role], dims[in_role]
+            module = torch.nn.Linear(in_f, out_f, bias=False)
+            with torch.no_grad():
+                module.weight.copy_(torch.randn(out_f, in_f, generator=gen) * (scales[i] if scales else 1.0))
+            layer.add_module(f"{proj}_proj", module)
+            infos.append(
+                LinearInfo(f"model.layers.{i}.{PARENT[block]}.{proj}_proj", i, block, proj, f"{i}.{group}", module)
+            )
+        layers.append(layer)
+        linears.append(infos)
+    return Layout("fake", layers, linears)
