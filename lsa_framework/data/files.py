@@ -83,6 +83,11 @@ class FileDataset:
         self.options = options
         self._splits = self._read()
 
+    @classmethod
+    def options_for(cls, spec: str) -> dict[str, str] | None:
+        """``--calibration PATH``: anything that looks like a path is this plugin's."""
+        return {"path": spec} if any(c in spec for c in "/.\\") else None
+
     def _read(self) -> dict[str, list[str]]:
         path = Path(self.options.path).expanduser()
         if not path.exists():

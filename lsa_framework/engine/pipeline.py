@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -30,8 +30,6 @@ from lsa_framework.errors import BadInputError, LsafError, PluginError
 from lsa_framework.model.layout import find_layout
 from lsa_framework.model.loading import load_model
 from lsa_framework.types import EvalContext, Layout, LinearStats, Pattern, Scores, Unit
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -93,31 +91,39 @@ class Plugin:
 
     def call(self, method: str, *args: Any) -> Any:
         """Call a plugin method; an unexpected exception becomes a PluginError naming the plugin."""
-        try:
-            return getattr(self.instance, method)(*args)
-        except LsafError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"The {self.kind[:-1]} {self.name!r} from package {self.distribution!r} failed in "
-                f"{method}() with {type(exc).__name__}: {exc}; report it to that package's authors."
-            ) from exc
+        return _guarded(self.kind, self.name, self.distribution, method, getattr(self.instance, method), *args)
+
+
+def _guarded(kind: str, name: str, distribution: str, what: str, function: Any, *args: Any) -> Any:
+    try:
+        return function(*args)
+    except LsafError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"The {kind[:-1]} {name!r} from package {distribution!r} failed in {what}() with "
+            f"{type(exc).__name__}: {exc}; report it to that package's authors."
+        ) from exc
 
 
 def resolve(kind: str, name: str, options: dict[str, Any]) -> Plugin:
     entry = registry.lookup(kind, name)
-    return Plugin(kind, name, entry.distribution, entry.cls(plugin_options(kind, name, options)))
+    validated = plugin_options(kind, name, options)
+    instance = _guarded(kind, name, entry.distribution, "__init__", entry.cls, validated)
+    return Plugin(kind, name, entry.distribution, instance)
 
 
 def resolve_dataset(config: RunConfig) -> Plugin:
-    """``--calibration`` is a dataset name, or else a path to a local text/JSONL file."""
+    """``--calibration`` is a dataset name, or a spec (e.g. a file path) that a dataset plugin claims
+    through its optional ``options_for(spec)`` classmethod."""
     datasets = registry.collect("datasets")
-    if config.calibration in datasets:
-        return resolve("datasets", config.calibration, config.calibration_opts)
-    looks_like_file = any(c in config.calibration for c in "/.\\")
-    if looks_like_file and "file" in datasets:
-        return resolve("datasets", "file", {"path": config.calibration, **config.calibration_opts})
-    return resolve("datasets", config.calibration, config.calibration_opts)  # did-you-mean error
+    if config.calibration not in datasets:
+        for entry in datasets.values():
+            claim = getattr(entry.cls, "options_for", None)
+            options = claim(config.calibration) if claim is not None else None
+            if options is not None:
+                return resolve("datasets", entry.name, {**options, **config.calibration_opts})
+    return resolve("datasets", config.calibration, config.calibration_opts)  # or a did-you-mean error
 
 
 @dataclass
