@@ -81,7 +81,9 @@ def lsaf_register_datasets(register: Any) -> None:
 
     A dataset class has a ``name`` (what ``--calibration`` takes), ``Options`` and
     ``documents(split) -> list[str]`` where ``split`` is ``"calibration"`` or ``"evaluation"``; the
-    two splits must not share text.
+    two splits must not share text. An optional classmethod ``options_for(spec) -> dict | None``
+    claims ``--calibration`` values that are not plugin names (the built-in ``file`` dataset claims
+    paths) and returns the options to build the dataset with.
 
     :param register: callable taking one plugin class; the core checks the name and keeps the first.
     """
