@@ -33,10 +33,10 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--scorers", default="uniform,owl,dlp,lse")
-    parser.add_argument("--allocator", default="layer")
+    parser.add_argument("--allocators", default="layer,block,projection")
     args = parser.parse_args()
 
-    base = {"model": args.model, "nsamples": args.nsamples, "seqlen": args.seqlen, "allocator": args.allocator}
+    base = {"model": args.model, "nsamples": args.nsamples, "seqlen": args.seqlen}
     config = build_config({**base, "scorer": "uniform"})
     loaded = load_model(config.model, config.dtype)
     model, layout = loaded.model, find_layout(loaded.model)
@@ -53,15 +53,32 @@ def main() -> None:
         return capture_layer_inputs(model, layout.layers[0], ids, config.batch_size)
 
     print(f"one dense forward over {args.nsamples}x{args.seqlen} tokens: {dense:.1f} s\n")
-    print("| scorer | scoring pass (s) | ratio to one dense forward |")
-    print("| --- | ---: | ---: |")
+    print("| scorer | allocator | scoring pass alone (s) | ratio to one dense forward |")
+    print("| --- | --- | ---: | ---: |")
+    jobs = []
+    alone = 0.0
     for name in args.scorers.split(","):
-        scorer_plugins = resolve_plugins(build_config({**base, "scorer": name}))
-        units = scorer_plugins.allocator.call("units", layout)
-        started = time.perf_counter()
-        score_jobs([ScoringJob(name, scorer_plugins.scorer, units)], layout, calibrate, Observer())
-        seconds = time.perf_counter() - started
-        print(f"| {name} | {seconds:.1f} | {seconds / dense:.2f} |")
+        for allocator in args.allocators.split(","):
+            plugins = resolve_plugins(build_config({**base, "scorer": name, "allocator": allocator}))
+            job = ScoringJob(f"{name}/{allocator}", plugins.scorer, plugins.allocator.call("units", layout))
+            jobs.append(ScoringJob(job.key, resolve_plugins(build_config({**base, "scorer": name})).scorer, job.units))
+            started = time.perf_counter()
+            score_jobs([job], layout, calibrate, Observer())
+            seconds = time.perf_counter() - started
+            alone += seconds
+            print(f"| {name} | {allocator} | {seconds:.1f} | {seconds / dense:.2f} |")
+    # lsaf bench's way: one scorer instance per name, every job in one dense pass.
+    shared_scorers = {}
+    for job in jobs:
+        shared_scorers.setdefault(job.key.split("/")[0], job.scorer)
+    shared_jobs = [ScoringJob(j.key, shared_scorers[j.key.split("/")[0]], j.units) for j in jobs]
+    started = time.perf_counter()
+    score_jobs(shared_jobs, layout, calibrate, Observer())
+    shared = time.perf_counter() - started
+    print(
+        f"\nall {len(jobs)} jobs one by one: {alone:.1f} s; in one shared pass (lsaf bench): {shared:.1f} s "
+        f"({alone / shared:.1f}x less)"
+    )
 
 
 if __name__ == "__main__":
