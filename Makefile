@@ -35,7 +35,7 @@ lint: install
 	$(VENV)/bin/mypy lsa_framework
 
 docs: install
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: install
 	$(PY) benchmarks/speed.py
