@@ -105,10 +105,11 @@ class RunConfig(BaseModel):
             )
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
+    """``field.path: message`` of the first error, on one line whatever the user typed as a key."""
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "config"
-    return f"{field}: {err['msg']}"
+    field = ".".join(p if isinstance(p, str) and p.isidentifier() else repr(p) for p in err["loc"]) or "config"
+    return " ".join(f"{field}: {err['msg']}".split())
 
 
 def build_config(values: dict[str, Any]) -> RunConfig:
@@ -116,7 +117,7 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     try:
         config = RunConfig(**values)
     except ValidationError as exc:
-        raise BadInputError(f"Invalid configuration ({_first_error(exc)}); see `lsaf run --help`.") from exc
+        raise BadInputError(f"Invalid configuration ({first_error(exc)}); see `lsaf run --help`.") from exc
     except BadInputError:
         raise
     config.check_consistency()
@@ -165,6 +166,6 @@ def plugin_options(kind: str, name: str, raw: dict[str, Any]) -> Any:
         return entry.cls.Options(**raw)
     except ValidationError as exc:
         raise BadInputError(
-            f"Invalid option for {kind[:-1]} {name!r} ({_first_error(exc)}); "
+            f"Invalid option for {kind[:-1]} {name!r} ({first_error(exc)}); "
             f"valid options: {', '.join(entry.cls.Options.model_fields) or 'none'}."
         ) from exc

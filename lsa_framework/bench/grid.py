@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lsa_framework.config import RunConfig, build_config, load_config_file
+from lsa_framework.config import RunConfig, build_config, first_error, load_config_file
 from lsa_framework.errors import BadInputError
 from lsa_framework.types import Pattern
 
@@ -118,6 +118,4 @@ def load_grid(path: Path) -> GridConfig:
     try:
         return GridConfig(**load_config_file(path))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise BadInputError(f"Invalid grid file {path} ({field}: {err['msg']}); see `lsaf bench --help`.") from exc
+        raise BadInputError(f"Invalid grid file {path} ({first_error(exc)}); see `lsaf bench --help`.") from exc
