@@ -74,7 +74,7 @@ def synthetic_model_dir(layers: int | None = None) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from lsa_framework.data import cache_dir
-    from lsa_framework.model.loading import default_model_dir
+    from lsa_framework.model.loading import default_model_dir, save_model_atomically
 
     name = SYNTHETIC if layers is None else f"{SYNTHETIC}-L{layers}"
     target = cache_dir() / name
@@ -96,14 +96,7 @@ def synthetic_model_dir(layers: int | None = None) -> Path:
     )
     torch.manual_seed(SYNTHETIC_SEED)
     model = LlamaForCausalLM(config).to(torch.float32)  # random init, std = initializer_range (0.02)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_model_atomically(model, tokenizer, target)
     return target
 
 

@@ -98,19 +98,25 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         pm._lsaf_dists[ep.name] = (dist, ep.dist.version if ep.dist is not None else "?")  # type: ignore[attr-defined]
 
 
-@cache
-def plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plugin manager, with built-ins and entry points loaded once."""
+def new_plugin_manager(entry_points: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with the built-ins, and the entry points unless told not to (tests)."""
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     pm._lsaf_dists = {}  # type: ignore[attr-defined]
     for module_name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
-    _load_entry_points(pm)
+    if entry_points:
+        _load_entry_points(pm)
     if os.environ.get("LSAF_TRACE_PLUGINS"):
         pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
         pm.enable_tracing()
     return pm
+
+
+@cache
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, with built-ins and entry points loaded once."""
+    return new_plugin_manager()
 
 
 def _distribution_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str]:

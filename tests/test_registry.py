@@ -8,17 +8,12 @@ import warnings
 import pluggy
 import pytest
 
-from lsa_framework import hookimpl, hookspecs, registry
+from lsa_framework import hookimpl, registry
 from lsa_framework.errors import UnknownPluginError
 
 
 def fresh_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    pm._lsaf_dists = {}  # type: ignore[attr-defined]
-    for name in registry.DEFAULT_PLUGINS:
-        pm.register(__import__(name, fromlist=["_"]), name=name)
-    return pm
+    return registry.new_plugin_manager(entry_points=False)
 
 
 def test_builtins_register_through_hooks():

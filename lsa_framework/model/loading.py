@@ -69,7 +69,8 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     return model.to(dtype), tokenizer
 
 
-def _save_atomically(model: Any, tokenizer: Any, target: Path) -> None:
+def save_model_atomically(model: Any, tokenizer: Any, target: Path) -> None:
+    """save_pretrained into a temporary sibling, then rename: never a half-written model folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -85,7 +86,7 @@ def default_model_dir() -> Path:
     target = cache_dir() / "models" / DEFAULT_MODEL
     if not (target / "config.json").is_file():
         model, tokenizer = _load_gguf(_smollm2_gguf(), torch.float32)
-        _save_atomically(model, tokenizer, target)
+        save_model_atomically(model, tokenizer, target)
     return target
 
 

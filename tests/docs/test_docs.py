@@ -53,12 +53,7 @@ def tutorial_files() -> dict[str, str]:
 
 
 def fresh_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    pm._lsaf_dists = {}  # type: ignore[attr-defined]
-    for name in registry.DEFAULT_PLUGINS:
-        pm.register(__import__(name, fromlist=["_"]), name=name)
-    return pm
+    return registry.new_plugin_manager(entry_points=False)
 
 
 def load_module(name: str, path: Path) -> types.ModuleType:
