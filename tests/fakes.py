@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import types
+
+import pluggy
 import torch
 
+from lsa_framework import hookspecs
 from lsa_framework.types import Block, Layout, LinearInfo
 
 #: projection -> (block, input group, out_features, in_features) in units of (hidden, kv, mlp)
@@ -46,3 +50,13 @@ def fake_layout(
         layers.append(layer)
         linears.append(infos)
     return Layout("fake", layers, linears)
+
+
+def registered_by(module: types.ModuleType, hook: str) -> list[type]:
+    """The classes ``module`` registers through registration hook ``hook``, on a fresh manager."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    pm.register(module)
+    found: list[type] = []
+    getattr(pm.hook, hook)(register=found.append)
+    return found

@@ -84,51 +84,55 @@ def _load_texts(name: str, *args: Any, **kwargs: Any) -> list[str]:
         raise _unreachable(name) from exc
 
 
-class WikiText2Dataset:
-    name: ClassVar[str] = "wikitext2"
+class _HubDataset:
+    """A hub dataset loaded once per split and kept; subclasses say how a split is fetched."""
 
-    class Options(PluginOptions):
-        """WikiText-2 (raw) has no options."""
+    name: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
 
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options if options is not None else self.Options()
+    def __init__(self, options: Any = None) -> None:
+        self.options: Any = options if options is not None else self.Options()
         self._cache: dict[str, list[str]] = {}
 
     def documents(self, split: str) -> list[str]:
-        """Calibration: the train split joined with spaces; evaluation: the test split, blank-line joined."""
         _check_split(split)
         if split not in self._cache:
-            hub_split, separator = ("train", " ") if split == "calibration" else ("test", "\n\n")
-            texts = _load_texts(self.name, "wikitext", "wikitext-2-raw-v1", split=hub_split)
-            self._cache[split] = [separator.join(texts)]
+            self._cache[split] = self._load(split)
         return self._cache[split]
 
+    def _load(self, split: str) -> list[str]:
+        raise NotImplementedError
 
-class C4Dataset:
-    name: ClassVar[str] = "c4"
 
-    class Options(PluginOptions):
-        """The first shards of allenai/c4 (English)."""
+class WikiText2Dataset(_HubDataset):
+    """Calibration: the train split joined with spaces; evaluation: the test split, blank-line joined
+    (as the Wanda and SparseGPT scripts evaluate)."""
 
-        eval_documents: int = Field(
-            default=1100, gt=0, description="Validation documents joined into the evaluation text."
-        )
+    name = "wikitext2"
 
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options if options is not None else self.Options()
-        self._cache: dict[str, list[str]] = {}
+    def _load(self, split: str) -> list[str]:
+        hub_split, separator = ("train", " ") if split == "calibration" else ("test", "\n\n")
+        return [separator.join(_load_texts(self.name, "wikitext", "wikitext-2-raw-v1", split=hub_split))]
 
-    def documents(self, split: str) -> list[str]:
-        """Calibration: the train shard's documents; evaluation: the first validation documents, joined."""
-        _check_split(split)
-        if split not in self._cache:
-            hub_split = "train" if split == "calibration" else "validation"
-            texts = _load_texts(self.name, "allenai/c4", data_files={hub_split: C4_FILES[hub_split]}, split=hub_split)
-            if split == "calibration":
-                self._cache[split] = texts
-            else:
-                self._cache[split] = [" ".join(texts[: self.options.eval_documents])]
-        return self._cache[split]
+
+class C4Options(PluginOptions):
+    """The first shards of allenai/c4 (English)."""
+
+    eval_documents: int = Field(default=1100, gt=0, description="Validation documents joined into the evaluation text.")
+
+
+class C4Dataset(_HubDataset):
+    """Calibration: the train shard's documents; evaluation: the first validation documents, joined."""
+
+    name = "c4"
+    Options = C4Options
+
+    def _load(self, split: str) -> list[str]:
+        hub_split = "train" if split == "calibration" else "validation"
+        texts = _load_texts(self.name, "allenai/c4", data_files={hub_split: C4_FILES[hub_split]}, split=hub_split)
+        if split == "calibration":
+            return texts
+        return [" ".join(texts[: self.options.eval_documents])]
 
 
 @hookimpl

@@ -13,17 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pluggy
 import pytest
 from pydantic import ValidationError
 from rdata.conversion import convert_python_to_r_data
 from rdata.unparser import unparse_data
 
-from lsa_framework import hookspecs
 from lsa_framework.data import austen, builtin, cache_dir
 from lsa_framework.data.austen import BOOKS, fetch_austen, paragraphs, read_lazyload
 from lsa_framework.data.builtin import AustenDataset
 from lsa_framework.errors import BadInputError, LsafError
+from tests.fakes import registered_by
 
 LINES = {
     "emma": [
@@ -191,12 +190,7 @@ def test_failing_apt_get_says_what_to_run(tmp_path: Path, deb: Path, monkeypatch
 
 
 def test_plugin_registers_as_builtin() -> None:
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    pm.register(builtin)
-    found: list[type] = []
-    pm.hook.lsaf_register_datasets(register=found.append)
-    assert found == [AustenDataset]
+    assert registered_by(builtin, "lsaf_register_datasets") == [AustenDataset]
     assert AustenDataset.name == "builtin"
 
 

@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pluggy
 import pytest
 from pydantic import ValidationError
 
-from lsa_framework import hookspecs
 from lsa_framework.data import files, hub
 from lsa_framework.data.files import FileDataset, split_text
 from lsa_framework.errors import BadInputError
+from tests.fakes import registered_by
 
 
 def paragraphs(n: int) -> list[str]:
@@ -25,12 +24,7 @@ def dataset(path: Path, **options: Any) -> FileDataset:
 
 
 def test_plugin_registers_under_its_name() -> None:
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    pm.register(files)
-    found: list[type] = []
-    pm.hook.lsaf_register_datasets(register=found.append)
-    assert found == [FileDataset]
+    assert registered_by(files, "lsaf_register_datasets") == [FileDataset]
     assert FileDataset.name == "file"
 
 
