@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import pluggy
 import torch
@@ -60,3 +61,9 @@ def registered_by(module: types.ModuleType, hook: str) -> list[type]:
     found: list[type] = []
     getattr(pm.hook, hook)(register=found.append)
     return found
+
+
+def quick_run_args(model: Path, text: Path, out: Path) -> list[str]:
+    """``lsaf run`` arguments for a fast uniform run on a tiny model, writing to ``out``."""
+    return ["run", "--model", str(model), "--calibration", str(text), "--nsamples", "4", "--seqlen", "32",
+            "--scorer", "uniform", "--eval", "sparsity", "--output", str(out), "--quiet"]  # fmt: skip

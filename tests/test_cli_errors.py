@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from lsa_framework.cli import app
+from tests.fakes import quick_run_args
 
 runner = CliRunner()
 
@@ -19,24 +20,7 @@ def lsaf(*args: str):
 
 @pytest.fixture
 def base(tiny_model_dir: Path, tiny_text_file: Path, tmp_path: Path) -> list[str]:
-    return [
-        "run",
-        "--model",
-        str(tiny_model_dir),
-        "--calibration",
-        str(tiny_text_file),
-        "--nsamples",
-        "4",
-        "--seqlen",
-        "32",
-        "--eval",
-        "sparsity",
-        "--scorer",
-        "uniform",
-        "--output",
-        str(tmp_path / "out"),
-        "--quiet",
-    ]
+    return quick_run_args(tiny_model_dir, tiny_text_file, tmp_path / "out")
 
 
 CASES = {

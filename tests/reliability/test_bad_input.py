@@ -18,6 +18,7 @@ from lsa_framework.cli import app
 from lsa_framework.config import RunConfig, build_config
 from lsa_framework.errors import BadInputError
 from tests.conftest import make_tiny_llama, make_tokenizer
+from tests.fakes import quick_run_args
 
 runner = CliRunner()
 
@@ -92,39 +93,18 @@ def cli(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-def base_args(model: Path, text: Path, out: Path) -> list[str]:
-    return [
-        "run",
-        "--model",
-        str(model),
-        "--calibration",
-        str(text),
-        "--nsamples",
-        "4",
-        "--seqlen",
-        "32",
-        "--scorer",
-        "uniform",
-        "--eval",
-        "sparsity",
-        "--output",
-        str(out),
-        "--quiet",
-    ]
-
-
 def test_corrupt_model_file(tmp_path: Path, tiny_model_dir: Path, tiny_text_file: Path):
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in tiny_model_dir.iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    result = cli(*base_args(broken, tiny_text_file, tmp_path / "out"))
+    result = cli(*quick_run_args(broken, tiny_text_file, tmp_path / "out"))
     assert result.exit_code == 2 and "Could not load the model" in result.output
     assert not (tmp_path / "out").exists()
     gguf = tmp_path / "corrupt.gguf"
     gguf.write_bytes(b"GGUF" + b"\0" * 64)
-    result = cli(*base_args(gguf, tiny_text_file, tmp_path / "out"))
+    result = cli(*quick_run_args(gguf, tiny_text_file, tmp_path / "out"))
     assert result.exit_code == 2 and "GGUF" in result.output
 
 
@@ -143,7 +123,7 @@ def test_tokenizer_model_mismatch(tmp_path: Path, tiny_text_file: Path):
         )
     ).save_pretrained(small)
     make_tokenizer().save_pretrained(small)  # ~190 tokens for a 50-row embedding
-    result = cli(*base_args(small, tiny_text_file, tmp_path / "out"))
+    result = cli(*quick_run_args(small, tiny_text_file, tmp_path / "out"))
     assert result.exit_code == 2 and "tokenizer" in result.output
 
 
@@ -154,7 +134,7 @@ def test_nan_in_activations_names_the_layer(tmp_path: Path, tiny_text_file: Path
     path = tmp_path / "nan-model"
     model.save_pretrained(path)
     make_tokenizer().save_pretrained(path)
-    result = cli(*base_args(path, tiny_text_file, tmp_path / "out"))
+    result = cli(*quick_run_args(path, tiny_text_file, tmp_path / "out"))
     assert result.exit_code == 2
     assert "decoder layer 1" in " ".join(result.output.split())
     assert not (tmp_path / "out").exists()
@@ -180,7 +160,7 @@ def test_failing_third_party_scorer_is_named_and_output_untouched(tiny_model_dir
     out.mkdir()
     (out / "run.json").write_text("previous")
     try:
-        args = base_args(tiny_model_dir, tiny_text_file, out)
+        args = quick_run_args(tiny_model_dir, tiny_text_file, out)
         args[args.index("--scorer") + 1] = "exploding"
         result = cli(*args, "--overwrite")
     finally:
@@ -197,5 +177,5 @@ def test_pickled_checkpoint_is_refused(tmp_path: Path, tiny_text_file: Path):
     model.config.save_pretrained(pickled)
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # the legacy pickled format
     make_tokenizer().save_pretrained(pickled)
-    result = cli(*base_args(pickled, tiny_text_file, tmp_path / "out"))
+    result = cli(*quick_run_args(pickled, tiny_text_file, tmp_path / "out"))
     assert result.exit_code == 2 and "pickled" in result.output
