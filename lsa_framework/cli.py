@@ -161,6 +161,9 @@ def run(
     resume: Annotated[bool | None, typer.Option("--resume", help="Continue an interrupted run into --output.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or auto (layer by layer).")] = None,
+    offload: Annotated[
+        str | None, typer.Option(help="disk: decoder layers stay in the safetensors files (models > memory).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print run.json to stdout instead of a table.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
@@ -196,6 +199,7 @@ def run(
                 resume=resume,
                 threads=threads,
                 device=device,
+                offload=offload,
             )
         )
         run_config = build_config(values)

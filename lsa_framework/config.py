@@ -54,6 +54,9 @@ class RunConfig(BaseModel):
     resume: bool = Field(default=False, description="Continue an interrupted run with the same settings and output.")
     threads: int | None = Field(default=None, gt=0, description="torch CPU threads (default: all cores).")
     device: str = Field(default="cpu", description="cpu, cuda, cuda:N or auto; layers are onloaded one at a time.")
+    offload: Literal["none", "disk"] = Field(
+        default="none", description="disk: keep decoder layers in the safetensors files, one in memory at a time."
+    )
 
     @field_validator("sparsity")
     @classmethod

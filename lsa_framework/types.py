@@ -9,7 +9,8 @@ a pruner prunes one linear from its stats. The four plugin kinds are the Protoco
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -50,6 +51,13 @@ class Layout:
     architecture: str  # name of the architecture plugin that produced it
     layers: Sequence[torch.nn.Module] = field(repr=False)
     linears: Sequence[Sequence[LinearInfo]]  # linears[i] = the linears of decoder layer i
+    #: ``with layout.resident(i):`` — layer i's weights are in memory inside the block. Always true for
+    #: a model loaded whole; with ``--offload disk`` the weights are read from disk on entry and
+    #: written back (if changed) and dropped on exit. Code that reads or writes the weights of a layer
+    #: outside a forward call (scorers and pruners are already called inside) must enter it.
+    resident: Callable[[int], AbstractContextManager[Any]] = field(
+        default=lambda _index: nullcontext(), repr=False, compare=False
+    )
 
     @property
     def num_layers(self) -> int:
@@ -199,7 +207,12 @@ class Pruner(Protocol):
     def __init__(self, options: Any) -> None: ...
 
     def prune(self, linear: torch.nn.Linear, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
-        """Zero weights of ``linear`` in place and return the boolean mask of pruned weights."""
+        """Zero weights of ``linear`` in place and return the boolean mask of pruned weights.
+
+        Optionally a pruner also defines ``prune_group(linears, stats, sparsities, pattern) -> masks``:
+        the engine then calls it once per input group (linears sharing one input and ``stats``)
+        instead of ``prune`` per linear, so shared work is done once.
+        """
         ...
 
 

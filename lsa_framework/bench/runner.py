@@ -206,7 +206,7 @@ def execute_cell(session: ModelSession, plan: CellPlan, obs: Observer) -> dict[s
     hashes = prune_model(
         session.layout, session.calibrate, plan.plugins.pruner, plan.linear_sparsity, plan.config.parsed_pattern, obs
     )
-    records = unit_records(plan.units, plan.unit_values, plan.sparsities)
+    records = unit_records(session.layout, plan.units, plan.unit_values, plan.sparsities)
     context = EvalContext(config=plan.config, dataset=plan.plugins.dataset.instance, layout=session.layout)
     metrics = evaluate(plan.plugins.evaluators, session.model, session.tokenizer, context, obs)
     return {

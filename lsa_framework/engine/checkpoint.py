@@ -27,7 +27,7 @@ from lsa_framework.errors import BadInputError
 from lsa_framework.types import Layout
 
 #: RunConfig fields that do not change what is computed, so a resume may differ in them.
-NOT_FINGERPRINTED = frozenset({"output", "overwrite", "resume", "threads", "device", "eval", "eval_opts"})
+NOT_FINGERPRINTED = frozenset({"output", "overwrite", "resume", "threads", "device", "offload", "eval", "eval_opts"})
 
 
 def fingerprint(config: Any) -> str:
@@ -115,16 +115,19 @@ class Checkpoint:
         self.state["layers_done"] = index + 1
         self._save_state()
 
-    def restore_layers(self, layout: Layout) -> dict[str, str]:
-        """Load the pruned weights of the finished layers into the model; returns their mask hashes."""
-        if self.folder is None:
-            return {}
-        with torch.no_grad():
-            for index in range(self.layers_done):
-                saved = load_file(str(self.folder / f"layer_{index}.safetensors"))
-                for info in layout.linears[index]:
-                    info.module.weight.copy_(saved[info.name])
+    @property
+    def saved_hashes(self) -> dict[str, str]:
+        """Mask hashes of the layers already pruned and saved."""
         return dict(self.state["mask_sha256"])
+
+    def restore_layer(self, layout: Layout, index: int) -> None:
+        """Put the saved pruned weights of layer ``index`` (< ``layers_done``) back into the model."""
+        if self.folder is None:
+            return
+        saved = load_file(str(self.folder / f"layer_{index}.safetensors"))
+        with torch.no_grad():
+            for info in layout.linears[index]:
+                info.module.weight.copy_(saved[info.name])
 
     def discard(self) -> None:
         if self.folder is not None:

