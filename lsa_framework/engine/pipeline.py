@@ -324,8 +324,9 @@ def prune_model(
 
     observer.start_pass("pruning", layout.num_layers)
     needs = frozenset(pruner.instance.needs)
+    acts = calibrate() if needs else None  # masks that ignore the data need no forward
     pruning_pass(
-        layout, calibrate(), needs, prune_layer, lambda _i: observer.advance(), start=start, restore_layer=restore_layer
+        layout, acts, needs, prune_layer, lambda _i: observer.advance(), start=start, restore_layer=restore_layer
     )
     observer.end_pass()
     return hashes

@@ -146,7 +146,7 @@ def scoring_pass(
 
 def pruning_pass(
     layout: Layout,
-    acts: Activations,
+    acts: Activations | None,
     needs: frozenset[str],
     prune_layer: StatsCallback,
     after_layer: Callable[[int], None] | None = None,
@@ -156,22 +156,25 @@ def pruning_pass(
     """Sequential pass: statistics from the inputs of the already-pruned layers, prune, propagate.
 
     Two forwards per layer (before and after pruning), as in the Wanda and SparseGPT references;
-    the first is skipped when the pruner needs no statistics, the second after the last layer.
+    none after the last layer. A pruner that needs no statistics (magnitude) does not depend on the
+    data at all: ``acts`` is then None and no forward runs.
     Layers before ``start`` are already pruned (a resumed run): ``restore_layer`` puts their saved
     weights back, then they only propagate.
     """
+    if needs and acts is None:
+        raise ValueError("a pruner that needs statistics needs the calibration activations")
     last = len(layout.layers) - 1
-    device = acts.hidden[0].device
+    device = acts.hidden[0].device if acts is not None else torch.device("cpu")
     for index, layer in enumerate(layout.layers):
         with layout.resident(index), onloaded(layer, device):
             if index < start and restore_layer is not None:
                 restore_layer(index)
             if index >= start:
                 with gather_stats(layout.linears[index], needs) as stats:
-                    if needs:
+                    if acts is not None and needs:
                         layer_forward(layer, acts, index)
                 prune_layer(index, stats)
-            if index < last:
+            if acts is not None and index < last:
                 acts.hidden = layer_forward(layer, acts, index)
         if after_layer is not None:
             after_layer(index)
