@@ -96,7 +96,7 @@ def synthetic_model_dir(layers: int | None = None) -> Path:
     )
     torch.manual_seed(SYNTHETIC_SEED)
     model = LlamaForCausalLM(config).to(torch.float32)  # random init, std = initializer_range (0.02)
-    save_model_atomically(model, tokenizer, target)
+    save_model_atomically(model, tokenizer, target, max_shard_size="1GB")  # shards, as large models ship
     return target
 
 
@@ -144,7 +144,7 @@ def machine_description(threads: int | None) -> dict[str, Any]:
         for line in f:
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    nproc = str(len(os.sched_getaffinity(0)))  # not `nproc`, which honours OMP_NUM_THREADS
     return {
         "nproc": int(nproc) if nproc.isdigit() else os.cpu_count(),
         "cpu_model": cpu_model,

@@ -91,12 +91,15 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     return model.to(dtype), tokenizer
 
 
-def save_model_atomically(model: Any, tokenizer: Any, target: Path) -> None:
+def save_model_atomically(model: Any, tokenizer: Any, target: Path, max_shard_size: str | None = None) -> None:
     """save_pretrained into a temporary sibling, then rename: never a half-written model folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
+        if max_shard_size is None:
+            model.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
     finally:
@@ -148,7 +151,7 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
 
 
-def _checkpoint_folder(spec: str) -> Path:
+def checkpoint_folder(spec: str) -> Path:
     """The local safetensors folder of ``spec``, which ``--offload disk`` reads layer by layer."""
     path = Path(spec).expanduser()
     if spec == DEFAULT_MODEL:
@@ -183,7 +186,7 @@ def load_model(spec: str, dtype: str = "float32", offload_staging: Path | None =
     torch_dtype = DTYPES[dtype]
     path = Path(spec).expanduser()
     if offload_staging is not None:
-        folder = _checkpoint_folder(spec)
+        folder = checkpoint_folder(spec)
         model, disk = load_offloaded(folder, torch_dtype, offload_staging)
         tokenizer = _load_tokenizer(folder)
         _check_tokenizer_fits(model, tokenizer, spec)
