@@ -161,6 +161,10 @@ def run(
     resume: Annotated[bool | None, typer.Option("--resume", help="Continue an interrupted run into --output.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or auto (layer by layer).")] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(help="sequential (the papers) or basic (prune from the dense model's statistics: one pass)."),
+    ] = None,
     offload: Annotated[
         str | None, typer.Option(help="disk: decoder layers stay in the safetensors files (models > memory).")
     ] = None,
@@ -199,6 +203,7 @@ def run(
                 resume=resume,
                 threads=threads,
                 device=device,
+                pipeline=pipeline,
                 offload=offload,
             )
         )

@@ -54,6 +54,11 @@ class RunConfig(BaseModel):
     resume: bool = Field(default=False, description="Continue an interrupted run with the same settings and output.")
     threads: int | None = Field(default=None, gt=0, description="torch CPU threads (default: all cores).")
     device: str = Field(default="cpu", description="cpu, cuda, cuda:N or auto; layers are onloaded one at a time.")
+    pipeline: Literal["sequential", "basic"] = Field(
+        default="sequential",
+        description="sequential: each layer is pruned from the inputs of the already-pruned layers (the papers); "
+        "basic: from the dense model's, gathered in the scoring pass (one forward, different masks).",
+    )
     offload: Literal["none", "disk"] = Field(
         default="none", description="disk: keep decoder layers in the safetensors files, one in memory at a time."
     )

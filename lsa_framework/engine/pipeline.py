@@ -206,11 +206,40 @@ class ScoringJob:
     units: list[Unit]
 
 
+@dataclass
+class KeptStats:
+    """Statistics the scoring pass keeps for the pruner (the basic pipeline), layer by layer."""
+
+    needs: frozenset[str]
+    by_layer: dict[int, dict[str, LinearStats]] = field(default_factory=dict)
+
+    def keep(self, index: int, stats: dict[str, LinearStats]) -> None:
+        """Store only what the pruner needs, on the CPU; linears of one input group share one copy."""
+        trimmed: dict[int, LinearStats] = {}
+        for name, value in stats.items():
+            if id(value) not in trimmed:
+                trimmed[id(value)] = LinearStats(
+                    value.nsamples,
+                    value.ntokens,
+                    input_sq_norm=self._cpu(value.input_sq_norm, "input_sq_norm"),
+                    gram=self._cpu(value.gram, "gram"),
+                )
+            self.by_layer.setdefault(index, {})[name] = trimmed[id(value)]
+
+    def _cpu(self, tensor: torch.Tensor | None, stat: str) -> torch.Tensor | None:
+        return tensor.to("cpu") if tensor is not None and stat in self.needs else None
+
+
 def score_jobs(
-    jobs: list[ScoringJob], layout: Layout, calibrate: Callable[[], Activations], observer: Observer
+    jobs: list[ScoringJob],
+    layout: Layout,
+    calibrate: Callable[[], Activations],
+    observer: Observer,
+    kept: KeptStats | None = None,
 ) -> dict[str, dict[str, float]]:
     """Unit scores of every job. Jobs whose scorer needs statistics share ONE dense pass that
-    gathers the union of their needs; the others are scored without touching the data."""
+    gathers the union of their needs; the others are scored without touching the data. With
+    ``kept``, the same pass also gathers and keeps the pruner's statistics."""
     values: dict[str, dict[str, float]] = {job.key: {} for job in jobs}
     data_jobs = [job for job in jobs if job.scorer.instance.needs]
     for job in jobs:
@@ -218,15 +247,17 @@ def score_jobs(
             for layer, units in _units_by_layer(job.units).items():
                 with layout.resident(layer):  # a weight-only scorer still reads the weights
                     values[job.key].update({u.name: float(job.scorer.call("score", u, {})) for u in units})
-    if not data_jobs:
+    needs = frozenset().union(*(job.scorer.instance.needs for job in data_jobs), kept.needs if kept else ())
+    if not needs:
         return values
-    needs = frozenset().union(*(job.scorer.instance.needs for job in data_jobs))
     by_layer = {job.key: _units_by_layer(job.units) for job in data_jobs}
 
     def on_stats(index: int, stats: dict[str, LinearStats]) -> None:
         for job in data_jobs:
             for unit in by_layer[job.key].get(index, []):
                 values[job.key][unit.name] = float(job.scorer.call("score", unit, stats))
+        if kept is not None:
+            kept.keep(index, stats)
 
     observer.start_pass("scoring", layout.num_layers)
     scoring_pass(layout, calibrate(), needs, on_stats, lambda _i: observer.advance())
@@ -299,8 +330,12 @@ def prune_model(
     observer: Observer,
     report: Any = None,
     checkpoint: Checkpoint | None = None,
+    kept: KeptStats | None = None,
 ) -> dict[str, str]:
-    """The sequential pruning pass; returns a hash of every linear's mask.
+    """The pruning pass; returns a hash of every linear's mask.
+
+    Sequential (statistics from the inputs of the already-pruned layers) unless ``kept`` holds the
+    dense model's statistics (the basic pipeline): then no forward runs.
 
     With a checkpoint, each pruned layer is saved as soon as it is done, and a resumed run starts
     after the last saved layer.
@@ -324,9 +359,10 @@ def prune_model(
 
     observer.start_pass("pruning", layout.num_layers)
     needs = frozenset(pruner.instance.needs)
-    acts = calibrate() if needs else None  # masks that ignore the data need no forward
+    acts = calibrate() if needs and kept is None else None  # no forward for masks that ignore the data
+    saved = kept.by_layer if kept is not None else None
     pruning_pass(
-        layout, acts, needs, prune_layer, lambda _i: observer.advance(), start=start, restore_layer=restore_layer
+        layout, acts, needs, prune_layer, lambda _i: observer.advance(), start, restore_layer, saved_stats=saved
     )
     observer.end_pass()
     return hashes
@@ -416,10 +452,13 @@ def _run(
     def calibrate() -> Activations:
         return capture_layer_inputs(model, layout.layers[0], input_ids, config.batch_size, device)
 
+    # The basic pipeline keeps the dense pass's statistics for the pruner: one forward in all.
+    kept = KeptStats(frozenset(plugins.pruner.instance.needs)) if config.pipeline == "basic" else None
     with stage("scoring"):
         values = checkpoint.scores
-        if values is None:
-            values = score_jobs([ScoringJob("run", plugins.scorer, units)], layout, calibrate, observer)["run"]
+        if values is None or (kept is not None and kept.needs):
+            job = ScoringJob("run", plugins.scorer, units)
+            values = score_jobs([job], layout, calibrate, observer, kept)["run"]
             checkpoint.save_scores(values)
         granularity = getattr(plugins.allocator.instance, "granularity", "layer")
         scores: Scores = plugins.scorer.call("finish", values, target, granularity)
@@ -440,7 +479,7 @@ def _run(
 
     with stage("pruning"):
         result.mask_hashes = prune_model(
-            layout, calibrate, plugins.pruner, linear_sparsity, pattern, observer, result, checkpoint
+            layout, calibrate, plugins.pruner, linear_sparsity, pattern, observer, result, checkpoint, kept
         )
     result.units = unit_records(layout, units, values, sparsities)
 

@@ -152,24 +152,29 @@ def pruning_pass(
     after_layer: Callable[[int], None] | None = None,
     start: int = 0,
     restore_layer: Callable[[int], None] | None = None,
+    saved_stats: dict[int, dict[str, LinearStats]] | None = None,
 ) -> None:
     """Sequential pass: statistics from the inputs of the already-pruned layers, prune, propagate.
 
     Two forwards per layer (before and after pruning), as in the Wanda and SparseGPT references;
     none after the last layer. A pruner that needs no statistics (magnitude) does not depend on the
-    data at all: ``acts`` is then None and no forward runs.
+    data at all: ``acts`` is then None and no forward runs. Neither does one with ``saved_stats``
+    (the basic pipeline: statistics of the dense model, gathered by the scoring pass; each layer's
+    are dropped once it is pruned).
     Layers before ``start`` are already pruned (a resumed run): ``restore_layer`` puts their saved
     weights back, then they only propagate.
     """
-    if needs and acts is None:
-        raise ValueError("a pruner that needs statistics needs the calibration activations")
+    if needs and acts is None and saved_stats is None:
+        raise ValueError("a pruner that needs statistics needs the calibration activations or saved statistics")
     last = len(layout.layers) - 1
     device = acts.hidden[0].device if acts is not None else torch.device("cpu")
     for index, layer in enumerate(layout.layers):
         with layout.resident(index), onloaded(layer, device):
             if index < start and restore_layer is not None:
                 restore_layer(index)
-            if index >= start:
+            if index >= start and saved_stats is not None:
+                prune_layer(index, saved_stats.pop(index, {}))
+            elif index >= start:
                 with gather_stats(layout.linears[index], needs) as stats:
                     if acts is not None and needs:
                         layer_forward(layer, acts, index)

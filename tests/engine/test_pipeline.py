@@ -27,8 +27,13 @@ PROJECTIONS = (
 )
 
 
-def reference_wanda(model_dir: Path, input_ids: torch.Tensor, sparsity: float) -> dict[str, torch.Tensor]:
-    """Sequential Wanda the way the original script does it: a hook per projection, one mask each."""
+def reference_wanda(
+    model_dir: Path, input_ids: torch.Tensor, sparsity: float, sequential: bool = True
+) -> dict[str, torch.Tensor]:
+    """Sequential Wanda the way the original script does it: a hook per projection, one mask each.
+
+    With ``sequential=False`` each layer's statistics come from the dense model (the basic pipeline).
+    """
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     layers = model.model.layers
     captured: dict = {}
@@ -55,7 +60,7 @@ def reference_wanda(model_dir: Path, input_ids: torch.Tensor, sparsity: float) -
                     norms[_path] = (x**2).sum(0) / input_ids.shape[0]
 
                 hooks.append(layer.get_submodule(path).register_forward_pre_hook(record))
-            layer(h, **kw)
+            dense_out = layer(h, **kw)
             for hk in hooks:
                 hk.remove()
             for path in PROJECTIONS:
@@ -66,7 +71,7 @@ def reference_wanda(model_dir: Path, input_ids: torch.Tensor, sparsity: float) -
                 mask = torch.zeros_like(w, dtype=torch.bool).scatter_(1, idx, True)
                 w[mask] = 0
                 masks[f"model.layers.{i}.{path}"] = mask
-            out = layer(h, **kw)
+            out = layer(h, **kw) if sequential else dense_out
             h = out[0] if isinstance(out, tuple) else out
     return masks
 
@@ -95,6 +100,27 @@ def test_uniform_wanda_matches_sequential_reference(tiny_run_values, tiny_model_
     assert set(run_json["mask_sha256"]) == set(expected)
     assert (tmp_path / "out" / "report.md").is_file()
     assert (tmp_path / "out" / "sparsity_profile.png").stat().st_size > 0
+
+
+def test_basic_pipeline_prunes_from_dense_statistics(tiny_run_values, tiny_model_dir, tmp_path):
+    values = {**tiny_run_values, "scorer": "uniform", "pruner": "wanda", "sparsity": 0.5, "batch_size": 8}
+    config = build_config({**values, "pipeline": "basic", "output": tmp_path / "out"})
+    result = run(config)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
+    ids = sample_windows(make_tokenizer(), _calibration_documents(config), config.nsamples, config.seqlen, config.seed)
+    expected = reference_wanda(tiny_model_dir, ids, 0.5, sequential=False)
+    for name, mask in expected.items():
+        assert torch.equal(saved.get_submodule(name).weight == 0, mask), name
+    sequential = reference_wanda(tiny_model_dir, ids, 0.5, sequential=True)
+    assert any(not torch.equal(sequential[n], expected[n]) for n in expected if ".layers.0." not in n)
+    assert all(torch.equal(sequential[n], expected[n]) for n in expected if ".layers.0.self_attn.q" in n)
+    assert result.metrics["sparsity"] == pytest.approx(0.5, abs=1e-9)
+
+
+def test_basic_pipeline_sparsegpt_after_lse_scoring(tiny_run_values):
+    result = run(build_config({**tiny_run_values, "pruner": "sparsegpt", "pipeline": "basic", "sparsity": 0.6}))
+    assert result.metrics["sparsity"] == pytest.approx(0.6, abs=1.0 / 64)
+    assert math.isfinite(result.metrics["perplexity"])
 
 
 def _calibration_documents(config):
