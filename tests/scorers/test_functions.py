@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 import torch
 
+from lsa_framework.scorers import functions
 from lsa_framework.scorers.functions import (
     dlp_score,
     lse_error,
@@ -70,6 +72,95 @@ def test_lse_error_equals_output_error_with_the_gram_of_the_inputs() -> None:
     H = X.T @ X
     error, mask = lse_error_and_mask(W, H, group_size=8)
     assert error == pytest.approx(masked_output_error(W, X, mask), rel=1e-4)
+
+
+def greedy_transcription(W: torch.Tensor, H: torch.Tensor, group_size: int, ratio: float) -> tuple[float, torch.Tensor]:
+    """LSA's greedy search written out row by row and step by step, float32 like the reference.
+
+    The score update keeps the reference's order of float32 operations, ((W·H_j)·2w) then +, so the
+    scores, hence the argmins, must match the vectorised search bit for bit. The cross-terms of a
+    group use the same matrix product as the implementation: a row-by-row product may round
+    differently, which would test the BLAS, not the search.
+    """
+    rows, cols = W.shape
+    block = cols if group_size == 0 else group_size
+    score = W * W * torch.diagonal(H)[None, :]
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    total = 0.0
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        removed = torch.zeros(rows, i2 - i1)
+        for k in range(rows):
+            s, w = score[k, i1:i2].clone(), W[k, i1:i2]
+            for _ in range(int((i2 - i1) * ratio)):
+                j = int(torch.argmin(s))  # the first of equal minima
+                total += float(s[j])
+                s = s + w * H[i1 + j, i1:i2] * (2.0 * w[j])
+                s[j] = torch.inf
+                removed[k, j] = w[j]
+                mask[k, i1 + j] = True
+        if i2 < cols:
+            score[:, i2:] += W[:, i2:] * (removed @ H[i1:i2, i2:]) * 2.0
+    return total, mask
+
+
+# 24 elements split 8 rows of a group of 8 into blocks of 3, 3 and 2 rows (the default keeps one block)
+BLOCK_ELEMENTS = [functions._CPU_BLOCK_ELEMENTS, 24]
+
+
+@pytest.mark.parametrize("block_elements", BLOCK_ELEMENTS)
+@pytest.mark.parametrize(
+    ("rows", "cols", "group"),
+    [(8, 32, 8), (8, 32, 0), (8, 40, 16), (9, 37, 16)],
+)
+@pytest.mark.parametrize("ratio", [0.5, 0.25])
+def test_lse_error_and_mask_match_the_step_by_step_search(
+    rows: int, cols: int, group: int, ratio: float, block_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(functions, "_CPU_BLOCK_ELEMENTS", block_elements)
+    torch.manual_seed(7 * rows + cols + group)
+    W = torch.randn(rows, cols)
+    H = correlated_gram(cols, seed=cols + 1)
+    expected_error, expected_mask = greedy_transcription(W, H, group, ratio)
+    error, mask = lse_error_and_mask(W, H, group_size=group, ratio=ratio)
+    assert torch.equal(mask, expected_mask)
+    # both sum the same float32 ε in float64, in another order: far closer than the contract's 1e-6,
+    # and close enough to notice a float32 rounding change in the score update
+    assert error == pytest.approx(expected_error, rel=1e-12)
+
+
+@pytest.mark.parametrize("block_elements", BLOCK_ELEMENTS)
+def test_equal_scores_resolve_to_the_first_column(block_elements: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small integers make many scores exactly equal (and some ±0): ties go to the lowest column."""
+    monkeypatch.setattr(functions, "_CPU_BLOCK_ELEMENTS", block_elements)
+    g = torch.Generator().manual_seed(11)
+    W = torch.randint(-2, 3, (8, 40), generator=g).float()
+    W[0, :8] = -0.0
+    H = torch.eye(40) * 2 + torch.randint(0, 2, (40, 40), generator=g).float().triu(1)
+    H = H + H.triu(1).T
+    for group, ratio in [(8, 0.5), (16, 0.25), (0, 0.5)]:
+        expected_error, expected_mask = greedy_transcription(W, H, group, ratio)
+        error, mask = lse_error_and_mask(W, H, group_size=group, ratio=ratio)
+        assert torch.equal(mask, expected_mask)
+        assert error == pytest.approx(expected_error, rel=1e-6)
+    # with H = I no removal changes another score, so equal |W| pick the first columns
+    error, mask = lse_error_and_mask(torch.ones(3, 16), torch.eye(16), group_size=8)
+    assert error == 24.0 and mask[:, :4].all() and mask[:, 8:12].all() and int(mask.sum()) == 24
+
+
+@pytest.mark.parametrize("block_elements", BLOCK_ELEMENTS)
+def test_non_finite_scores_follow_the_step_by_step_search(block_elements: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN or infinite weight leaves the fast argmin; those rows are searched again exactly."""
+    monkeypatch.setattr(functions, "_CPU_BLOCK_ELEMENTS", block_elements)
+    torch.manual_seed(12)
+    W = torch.randn(8, 24)
+    W[1, 3] = torch.nan
+    W[5, 17] = torch.inf
+    H = correlated_gram(24, seed=12)
+    expected_error, expected_mask = greedy_transcription(W, H, 8, 0.5)
+    error, mask = lse_error_and_mask(W, H, group_size=8)
+    assert torch.equal(mask, expected_mask)
+    assert math.isnan(error) and math.isnan(expected_error)
 
 
 def wanda_mask(W: torch.Tensor, H: torch.Tensor, count: int) -> torch.Tensor:
