@@ -413,6 +413,10 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b > 0 else float("nan")
 
 
+def run_name(pruner: str, scorer: str, pipeline: str = "sequential") -> str:
+    return f"{pruner} × {scorer}" + ("" if pipeline == "sequential" else f" ({pipeline})")
+
+
 def run_ratios(run: dict[str, Any], dense: dict[str, float]) -> dict[str, float]:
     wall, cpu = run["timings_s"], run["extra"].get("cpu_s", {})
     ratios: dict[str, float] = {}
@@ -710,6 +714,17 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, str]]:
         )
     else:
         targets.append({"status": "not measured", "text": "the LSA+Wanda run (wanda × lse) was not in the grid."})
+    basic = runs.get(run_name("wanda", "lse", "basic"))
+    if basic:
+        wall, cpu = basic["ratios"]["whole_wall"], basic["ratios"]["whole_cpu"]
+        met = wall <= TARGET_WHOLE_RUN and cpu <= TARGET_WHOLE_RUN
+        targets.append(
+            {
+                "status": "met" if met else "not met",
+                "text": f"the same with `--pipeline basic` (Wanda from the dense model's statistics, kept by the "
+                f"scoring pass: one forward in all, masks not the papers'): {wall:.2f}× wall, {cpu:.2f}× CPU.",
+            }
+        )
     sgpt = (report.get("reference") or {}).get("sparsegpt")
     if sgpt:
         wall, cpu = sgpt["pruning_speedup_wall"], sgpt["pruning_speedup_cpu"]
@@ -798,6 +813,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="reference statistics: the engine's float ops (masks asserted identical) or the originals' "
         "running averages (mismatches only reported)",
     )
+    parser.add_argument(
+        "--basic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the scored Wanda and SparseGPT runs with --pipeline basic (default: on)",
+    )
     parser.add_argument("--profile", type=int, default=0, help="also profile wanda×lse and sparsegpt×uniform: top N")
     parser.add_argument("--layers", type=int, default=None, help=f"{SYNTHETIC} only: override the layer count")
     parser.add_argument("--note", default="", help="a free-text note for the results file (e.g. other load)")
@@ -873,34 +894,40 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="lsaf-speed-"))
     runs: list[dict[str, Any]] = []
-    keep_for_reference = {("wanda", "uniform"), ("sparsegpt", "uniform")} if args.reference else set()
-    grid = [(p, s) for p in pruners for s in scorers]
+    seq = "sequential"
+    keep_for_reference = {("wanda", "uniform", seq), ("sparsegpt", "uniform", seq)} if args.reference else set()
+    grid = [(p, s, seq) for p in pruners for s in scorers]
+    if args.basic:  # the one-forward pipeline, for the scored runs
+        grid += [(p, s, "basic") for p in pruners for s in scorers if s != "uniform" and p != "magnitude"]
+    wanted = set(grid)
     grid += [key for key in sorted(keep_for_reference) if key not in grid]
-    raw_runs: dict[tuple[str, str], dict[str, Any]] = {}
+    raw_runs: dict[tuple[str, str, str], dict[str, Any]] = {}
     try:
-        for pruner, scorer in grid:
-            output = workdir / f"run-{pruner}-{scorer}"
-            config = base_config(args, spec, pruner=pruner, scorer=scorer, output=str(output), overwrite=True)
-            print(f"[speed] run {pruner} × {scorer}", flush=True)
+        for pruner, scorer, pipeline in grid:
+            output = workdir / f"run-{pruner}-{scorer}-{pipeline}"
+            config = base_config(
+                args, spec, pruner=pruner, scorer=scorer, pipeline=pipeline, output=str(output), overwrite=True
+            )
+            print(f"[speed] run {run_name(pruner, scorer, pipeline)}", flush=True)
             got = spawn("run", {"config": config.model_dump(mode="json")})
-            raw_runs[(pruner, scorer)] = got
-            if (pruner, scorer) not in keep_for_reference:
+            raw_runs[(pruner, scorer, pipeline)] = got
+            if (pruner, scorer, pipeline) not in keep_for_reference:
                 shutil.rmtree(output, ignore_errors=True)
         references: dict[str, Any] = {}
-        for pruner, scorer in sorted(keep_for_reference):
-            got = raw_runs[(pruner, scorer)]["run"]
+        for pruner, scorer, pipeline in sorted(keep_for_reference):
+            got = raw_runs[(pruner, scorer, pipeline)]["run"]
             units = sorted(got["units"], key=lambda u: u["layer"])
             payload = {
                 "config": got["config"],
                 "layer_sparsity": [u["sparsity"] for u in units],
-                "framework_output": str(workdir / f"run-{pruner}-{scorer}"),
+                "framework_output": str(workdir / f"run-{pruner}-{scorer}-{pipeline}"),
                 "framework_hashes": got["mask_sha256"],
                 "accumulation": args.reference_accumulation,
             }
             print(f"[speed] reference {pruner}", flush=True)
             ref = spawn("reference", payload)
             references[pruner] = {"raw": ref, "summary": reference_summary(got, ref)}
-            shutil.rmtree(workdir / f"run-{pruner}-{scorer}", ignore_errors=True)
+            shutil.rmtree(workdir / f"run-{pruner}-{scorer}-{pipeline}", ignore_errors=True)
         profiles: dict[str, Any] = {}
         if args.profile:
             for pruner, scorer in (("wanda", "lse"), ("sparsegpt", "uniform")):
@@ -932,15 +959,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["dense"] = dense
 
-    for (pruner, scorer), got in raw_runs.items():
-        if (pruner, scorer) not in {(p, s) for p in pruners for s in scorers}:
+    for (pruner, scorer, pipeline), got in raw_runs.items():
+        if (pruner, scorer, pipeline) not in wanted:
             continue
         run = got["run"]
         runs.append(
             {
-                "name": f"{pruner} × {scorer}",
+                "name": run_name(pruner, scorer, pipeline),
                 "pruner": pruner,
                 "scorer": scorer,
+                "pipeline": pipeline,
                 "timings_s": run["timings_s"],
                 "cpu_s": run["extra"].get("cpu_s", {}),
                 "peak_rss_by_stage": run["peak_rss_mb"],
