@@ -5,6 +5,10 @@
 The mask is chosen per block of ``blocksize`` input columns, jointly over all rows, and the kept
 weights are updated to compensate for the pruned ones; see
 :func:`lsa_framework.pruners.masks.sparsegpt_prune`. Needs ``gram`` (H = 2/n·ΣXᵀX).
+
+Linears that read the same input (q/k/v, gate/up) share H, so :meth:`SparseGPTPruner.prune_group`
+prunes them together: one factorisation of H and one column loop over their stacked rows, with the
+same masks as pruning each alone.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from pydantic import Field
 
 from lsa_framework.hookspecs import hookimpl
-from lsa_framework.pruners.masks import sparsegpt_prune
+from lsa_framework.pruners.masks import sparsegpt_prune, sparsegpt_prune_stacked
 from lsa_framework.types import LinearStats, Pattern, PluginOptions
 
 
@@ -45,6 +49,28 @@ class SparseGPTPruner:
             )
             linear.weight.copy_(new_weight)
         return mask
+
+    def prune_group(
+        self, linears: list[torch.nn.Linear], stats: LinearStats, sparsities: list[float], pattern: Pattern
+    ) -> list[torch.Tensor]:
+        """Prune linears that read the same input (so share ``stats``' H) in place; return their masks.
+
+        Each mask is the one :meth:`prune` would give that linear with its own sparsity, and the weights
+        agree to rounding, but H⁻¹ is factored once and the per-column work of SparseGPT's loop is
+        shared by all rows, which roughly halves the time for q/k/v-sized groups.
+        """
+        with torch.no_grad():
+            results = sparsegpt_prune_stacked(
+                [linear.weight for linear in linears],
+                stats.require("gram"),
+                sparsities,
+                pattern,
+                blocksize=self.options.blocksize,
+                percdamp=self.options.percdamp,
+            )
+            for linear, (new_weight, _) in zip(linears, results, strict=True):
+                linear.weight.copy_(new_weight)
+        return [mask for _, mask in results]
 
 
 @hookimpl

@@ -251,3 +251,96 @@ def test_ties_give_exact_counts(sparsity: float) -> None:
             sparsegpt_prune(w, torch.eye(128), sparsity, Pattern(n, m))[1],
         ):
             assert (mask.reshape(16, 128 // m, m).sum(-1) == n).all()
+
+
+# --- exact selection == the stable-sort convention -----------------------------------------------
+# The mask functions select without full sorts (kthvalue, rank counting); these check them against
+# the convention itself, written as a plain stable sort, on many shapes, ties and special values.
+
+SPECIAL = torch.tensor([float("-inf"), -1.0, -0.0, 0.0, 1.0, float("inf")])
+
+
+def _stable_sort_reference(metric: torch.Tensor, k: int) -> torch.Tensor:
+    """Along the last dim, the first ``k`` of a stable ascending sort (NaN last), as a mask."""
+    order = torch.sort(metric, dim=-1, stable=True).indices[..., :k]
+    return torch.zeros(metric.shape, dtype=torch.bool).scatter_(-1, order, True)
+
+
+def _metric(kind: str, shape: tuple[int, int], seed: int) -> torch.Tensor:
+    g = _gen(seed)
+    if kind == "distinct":
+        return torch.rand(shape, generator=g)
+    if kind == "ties":
+        return torch.randint(0, 4, shape, generator=g).float()
+    if kind == "special":  # ±inf and ±0 (a sort treats -0.0 and 0.0 as equal)
+        return SPECIAL[torch.randint(0, len(SPECIAL), shape, generator=g)]
+    assert kind == "nan"
+    metric = torch.randint(0, 4, shape, generator=g).float()
+    metric[torch.rand(shape, generator=g) < 0.2] = float("nan")
+    return metric
+
+
+KINDS = ["distinct", "ties", "special", "nan"]
+SHAPES = [(1, 16), (1, 48), (3, 16), (9, 48), (32, 64)]
+SPARSITIES = [0.0, 0.02, 0.25, 0.5, 0.77, 0.99, 1.0]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_row_mask_equals_stable_sort(kind: str, shape: tuple[int, int]) -> None:
+    for seed, sparsity in enumerate(SPARSITIES):
+        metric = _metric(kind, shape, seed)
+        k = int(shape[1] * sparsity)
+        mask = row_mask(metric, sparsity)
+        assert torch.equal(mask, _stable_sort_reference(metric, k)), (seed, sparsity)
+        assert mask.sum(1).tolist() == [k] * shape[0]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_matrix_mask_equals_stable_sort(kind: str, shape: tuple[int, int]) -> None:
+    for seed, sparsity in enumerate(SPARSITIES):
+        metric = _metric(kind, shape, seed)
+        k = int(metric.numel() * sparsity)
+        mask = matrix_mask(metric, sparsity)
+        assert torch.equal(mask, _stable_sort_reference(metric.flatten(), k).reshape(shape)), (seed, sparsity)
+        assert int(mask.sum()) == k
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (5, 64), (33, 128)], ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_nm_mask_equals_stable_sort(kind: str, shape: tuple[int, int]) -> None:
+    rows, cols = shape
+    for seed, (n, m) in enumerate([(1, 4), (2, 4), (3, 4), (2, 8), (4, 8), (7, 8), (8, 16), (16, 32)]):
+        metric = _metric(kind, shape, seed)
+        mask = nm_mask(metric, n, m)
+        expected = _stable_sort_reference(metric.reshape(rows, cols // m, m), n).reshape(shape)
+        assert torch.equal(mask, expected), (seed, n, m)
+        assert (mask.reshape(rows, cols // m, m).sum(-1) == n).all()
+
+
+def test_masks_at_zero_and_full_sparsity() -> None:
+    metric = _metric("ties", (4, 16), seed=16)
+    for fn in (row_mask, matrix_mask):
+        assert not fn(metric, 0.0).any()
+        assert fn(metric, 1.0).all()
+
+
+def test_one_row_all_equal_prunes_leading_positions() -> None:
+    metric = torch.full((1, 10), 3.0)
+    assert row_mask(metric, 0.3).tolist() == [[True] * 3 + [False] * 7]
+    assert matrix_mask(metric, 0.3).tolist() == [[True] * 3 + [False] * 7]
+    assert nm_mask(metric, 2, 5).tolist() == [[True, True, False, False, False] * 2]
+
+
+@pytest.mark.parametrize("kind", ["distinct", "ties"])
+def test_sparsegpt_block_mask_equals_stable_sort(kind: str) -> None:
+    # Identity H and no damping: Hinv = I, so no weight moves and the mask of every block is exactly
+    # the k smallest w² of the block in stable (row-major) order.
+    w = _metric(kind, (12, 48), seed=17) - 1.5
+    _, mask = sparsegpt_prune(w, torch.eye(48), 0.4, UNSTRUCTURED, blocksize=16, percdamp=0.0)
+    k = int(12 * 16 * 0.4)
+    for b in range(3):
+        block = (w[:, 16 * b : 16 * (b + 1)] ** 2).flatten()
+        expected = _stable_sort_reference(block, k).reshape(12, 16)
+        assert torch.equal(mask[:, 16 * b : 16 * (b + 1)], expected)
