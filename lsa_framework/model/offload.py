@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from lsa_framework.errors import BadInputError
+from lsa_framework.model import tensorfile
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -63,8 +62,7 @@ def tensor_files(folder: Path) -> dict[str, Path]:
         return {key: folder / name for key, name in weight_map.items()}
     single = folder / SINGLE_FILE
     if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
-            return dict.fromkeys(f.keys(), single)
+        return dict.fromkeys(tensorfile.tensor_names(single), single)
     raise BadInputError(
         f"--offload disk reads weights from safetensors files, but {folder} has neither {SINGLE_FILE} nor "
         f"{INDEX_FILE}; save the model with safetensors or run without --offload."
@@ -78,10 +76,10 @@ def read_tensors(sources: dict[str, tuple[Path, str]], dtype: torch.dtype) -> di
         by_file.setdefault(file, []).append((name, key))
     tensors: dict[str, torch.Tensor] = {}
     for file, pairs in by_file.items():
-        with safe_open(str(file), framework="pt") as f:
-            for name, key in pairs:
-                tensor = f.get_tensor(key)
-                tensors[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        found = tensorfile.read_tensors(file, [key for _, key in pairs])
+        for name, key in pairs:
+            tensor = found.pop(key)
+            tensors[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
     return tensors
 
 
@@ -180,9 +178,7 @@ class DiskLayers:
         prefix = self.prefixes[index]
         tensors = {prefix + n: t.detach().to("cpu").contiguous() for n, t in _tensors_of(self.layers[index]).items()}
         path = self.staging / self.shard_name(index)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
+        tensorfile.write_tensors(path, tensors, metadata={"format": "pt"})
         self.sources[index] = {n: (path, prefix + n) for n in _tensors_of(self.layers[index])}
         self.staged.add(index)
 
@@ -203,7 +199,7 @@ class DiskLayers:
         folder.mkdir(parents=True, exist_ok=True)
         outside = self._outside_tensors()
         head = "model-outside-layers.safetensors"
-        save_file(outside, str(folder / head), metadata={"format": "pt"})
+        tensorfile.write_tensors(folder / head, outside, metadata={"format": "pt"})
         weight_map = dict.fromkeys(outside, head)
         total = sum(t.numel() * t.element_size() for t in outside.values())
         for index, layer in enumerate(self.layers):
