@@ -212,18 +212,10 @@ def wanda_mask(weight: Tensor, input_sq_norm: Tensor, sparsity: float, pattern: 
 # --- SparseGPT ---------------------------------------------------------------------------------
 
 
-def _upper_cholesky_of_inverse(H: Tensor) -> Tensor:
-    """Upper Cholesky factor of H⁻¹ (cholesky → cholesky_inverse → cholesky upper), as SparseGPT."""
-    L, info = torch.linalg.cholesky_ex(H)
-    if int(info) == 0:
-        Hinv = torch.cholesky_inverse(L)
-        U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-        if int(info) == 0 and bool(torch.isfinite(U).all()):
-            return U
-    raise BadInputError(
-        "SparseGPT could not factor the input Hessian H even after damping (it is not positive "
-        "definite); increase percdamp, e.g. --pruner-opt percdamp=0.1, or use more calibration data."
-    )
+_NOT_POSITIVE_DEFINITE = (
+    "SparseGPT could not factor the input Hessian H even after damping (it is not positive "
+    "definite); increase percdamp, e.g. --pruner-opt percdamp=0.1, or use more calibration data."
+)
 
 
 def _check_sparsegpt_args(
@@ -282,7 +274,20 @@ def _hessian_factor(gram: Tensor, percdamp: float, device: torch.device) -> tupl
     damp = percdamp * torch.mean(torch.diag(H))
     diag = torch.arange(H.shape[0], device=device)
     H[diag, diag] += damp
-    return _upper_cholesky_of_inverse(H), dead
+    # Upper Cholesky factor of H⁻¹ (cholesky → cholesky_inverse → cholesky upper), as SparseGPT. Each
+    # intermediate is dropped as soon as the next exists: two in×in matrices at a time, not four
+    # (for a 5632-wide down_proj that is 250 MB less at the peak of a streamed run).
+    L, info = torch.linalg.cholesky_ex(H)
+    del H
+    if int(info) != 0:
+        raise BadInputError(_NOT_POSITIVE_DEFINITE)
+    Hinv = torch.cholesky_inverse(L)
+    del L
+    U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+    del Hinv
+    if int(info) != 0 or not bool(torch.isfinite(U).all()):
+        raise BadInputError(_NOT_POSITIVE_DEFINITE)
+    return U, dead
 
 
 def _row_bounds(weights: Sequence[Tensor]) -> list[tuple[int, int]]:
