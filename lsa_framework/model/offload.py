@@ -173,10 +173,10 @@ class DiskLayers:
         return f"layer-{index:05d}.safetensors"
 
     def _stage(self, index: int) -> None:
-        """Write the resident layer to its own shard (temp name, then rename) and read it from there."""
+        """Write the resident layer to its own shard and read it from there from now on."""
         self.staging.mkdir(parents=True, exist_ok=True)
         prefix = self.prefixes[index]
-        tensors = {prefix + n: t.detach().to("cpu").contiguous() for n, t in _tensors_of(self.layers[index]).items()}
+        tensors = {prefix + n: t for n, t in _tensors_of(self.layers[index]).items()}
         path = self.staging / self.shard_name(index)
         tensorfile.write_tensors(path, tensors, metadata={"format": "pt"})
         self.sources[index] = {n: (path, prefix + n) for n in _tensors_of(self.layers[index])}
@@ -228,7 +228,7 @@ class DiskLayers:
             if name.startswith(tuple(self.prefixes)) or id(tensor) in seen:
                 continue
             seen.add(id(tensor))
-            tensors[name] = tensor.detach().to("cpu").contiguous()
+            tensors[name] = tensor
         return tensors
 
 
