@@ -162,8 +162,9 @@ def checkpoint_folder(spec: str) -> Path:
         return path
     if path.suffix == ".gguf":
         raise BadInputError(
-            f"--offload disk reads safetensors shards, not GGUF ({spec}); convert it once with "
-            "`lsaf run --model FILE.gguf --sparsity 0 --eval sparsity --output DIR`, then pass DIR."
+            f"--offload disk reads safetensors shards, not GGUF ({spec}); convert it once with `lsaf run "
+            "--model FILE.gguf --scorer uniform --pruner magnitude --sparsity 0 --eval sparsity --output DIR`, "
+            "then pass DIR/model."
         )
     if path.exists() or _looks_like_path(spec):
         raise BadInputError(f"Model path {spec} does not exist; check the path or use --model {DEFAULT_MODEL}.")
