@@ -14,6 +14,7 @@ whatever the depth.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -168,6 +169,7 @@ class DiskLayers:
             self._stage(index)
         for name, tensor in _tensors_of(layer).items():
             _set_tensor(layer, name, tensor.detach().to("meta"))
+        _return_freed_memory()
 
     def shard_name(self, index: int) -> str:
         return f"layer-{index:05d}.safetensors"
@@ -232,6 +234,40 @@ class DiskLayers:
         return tensors
 
 
+#: glibc's M_MMAP_THRESHOLD: blocks at least this large get their own mapping, returned on free.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def _return_freed_memory() -> None:
+    """Give the freed layer's memory back to the OS now (a no-op without glibc)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _map_large_blocks() -> None:
+    """Make every block of 1 MiB or more its own mapping, given back to the OS when freed.
+
+    glibc raises its mmap threshold (up to 32 MiB) after large blocks are freed and then serves
+    them from the heap, where a loop that loads and frees one layer at a time leaves fragments that
+    pile up: on a 1.2B model peak RSS grew by 450 MB over the layers. Fixing the threshold stops it.
+    Process-wide, so it is set only for offloaded runs, whose point is memory. No-op without glibc.
+    """
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
+
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
@@ -245,6 +281,7 @@ def load_offloaded(folder: Path, dtype: torch.dtype, staging: Path) -> tuple[Any
 
     from lsa_framework.model.layout import find_layout
 
+    _map_large_blocks()
     files = tensor_files(folder)
     config = AutoConfig.from_pretrained(str(folder))
     with parameters_on_meta():
