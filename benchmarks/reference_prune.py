@@ -14,8 +14,9 @@ timed against it:
 - each projection is then pruned on its own, its mask recomputed from its own statistic;
 - the pruned layer is run again over every batch (the last layer too, as there) for the next inputs.
 
-The masks come from the pure functions of :mod:`lsa_framework.pruners.masks` (``wanda_mask``,
-``sparsegpt_prune``), so the reference and the framework differ only in how the pass is organised.
+The masks and updates come from :mod:`reference_kernels`, transcriptions of the originals' own code
+(a full sort per row or block, SparseGPT's column loop per projection), with the same exact-count
+selection as the framework so that the masks can be asserted identical.
 
 Statistics: ``accumulation="exact"`` (the default) adds Σx² and XᵀX batch by batch with the same
 float32 operations as the framework's engine and scales by 1/n (Wanda) or 2/n (SparseGPT) at the end,
@@ -32,10 +33,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from reference_kernels import sparsegpt_reference, wanda_mask_reference
 from torch import nn
 
 from lsa_framework.engine.sequential import capture_layer_inputs
-from lsa_framework.pruners.masks import sparsegpt_prune, wanda_mask
 from lsa_framework.types import Pattern
 
 ReferencePruner = Literal["wanda", "sparsegpt"]
@@ -148,10 +149,10 @@ def reference_prune(
         for name, linear in subset.items():
             statistic = wrapped[name].statistic()
             if pruner == "wanda":
-                mask = wanda_mask(linear.weight.data, statistic, sparsity, pattern)
+                mask = wanda_mask_reference(linear.weight.data, statistic, sparsity, pattern)
                 linear.weight.data[mask] = 0
             else:
-                new_weight, mask = sparsegpt_prune(
+                new_weight, mask = sparsegpt_reference(
                     linear.weight.data, statistic, sparsity, pattern, blocksize=blocksize, percdamp=percdamp
                 )
                 linear.weight.data.copy_(new_weight)
