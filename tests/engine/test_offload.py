@@ -35,9 +35,14 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@pytest.mark.parametrize(("pruner", "scorer"), [("wanda", "lse"), ("sparsegpt", "owl"), ("magnitude", "uniform")])
-def test_offloaded_run_equals_in_memory_run(tiny_run_values, sharded_model_dir, tmp_path, pruner, scorer):
+@pytest.mark.parametrize(
+    ("pruner", "scorer", "pipeline"),
+    [("wanda", "lse", "sequential"), ("sparsegpt", "owl", "sequential"), ("magnitude", "uniform", "sequential"),
+     ("sparsegpt", "lse", "basic")],
+)  # fmt: skip
+def test_offloaded_run_equals_in_memory_run(tiny_run_values, sharded_model_dir, tmp_path, pruner, scorer, pipeline):
     values = {**tiny_run_values, "model": str(sharded_model_dir), "pruner": pruner, "scorer": scorer}
+    values["pipeline"] = pipeline
     in_memory = run(build_config({**values, "output": tmp_path / "memory"}))
     offloaded = run(build_config({**values, "offload": "disk", "output": tmp_path / "disk"}))
 
