@@ -35,6 +35,9 @@ CASES = {
     "missing model path": (["--model", "./no/such/model"], "does not exist"),
     "missing calibration file": (["--calibration", "./no/such.txt"], "does not exist"),
     "unknown device": (["--device", "tpu"], "device"),
+    "unknown pipeline": (["--pipeline", "parallel"], "'sequential' or 'basic'"),
+    "unknown offload": (["--offload", "ram"], "'none' or 'disk'"),
+    "offload of a missing model": (["--offload", "disk", "--model", "./no/such.gguf"], "does not exist"),
     "unknown plugin option": (["--pruner", "sparsegpt", "--pruner-opt", "blocksz=64"], "blocksz"),
     "bad plugin option value": (["--pruner", "sparsegpt", "--pruner-opt", "percdamp=-1"], "percdamp"),
 }

@@ -160,13 +160,15 @@ def checkpoint_folder(spec: str) -> Path:
         if not (path / "config.json").is_file():
             raise BadInputError(f"Model folder {spec} has no config.json; pass a Hugging Face model folder.")
         return path
-    if path.suffix == ".gguf":
+    if path.is_file() and path.suffix == ".gguf":
         raise BadInputError(
             f"--offload disk reads safetensors shards, not GGUF ({spec}); convert it once with `lsaf run "
             "--model FILE.gguf --scorer uniform --pruner magnitude --sparsity 0 --eval sparsity --output DIR`, "
             "then pass DIR/model."
         )
-    if path.exists() or _looks_like_path(spec):
+    if path.exists():
+        raise BadInputError(f"Model file {spec} is not a .gguf file or a model folder; pass one of those.")
+    if _looks_like_path(spec):
         raise BadInputError(f"Model path {spec} does not exist; check the path or use --model {DEFAULT_MODEL}.")
     from huggingface_hub import snapshot_download
 
