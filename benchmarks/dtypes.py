@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     report: dict[str, Any] = {
-        "command": "python benchmarks/dtypes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/dtypes.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "setup": {k: v for k, v in vars(args).items() if k not in ("out", "note")},
         "machine": machine_description(args.threads),
         "note": args.note,

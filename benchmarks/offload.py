@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import tempfile
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = checkpoint_folder(spec)
     report: dict[str, Any] = {
         "model": label,
-        "command": "python benchmarks/offload.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/offload.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "note": args.note,
         "machine": machine_description(args.threads),
         "model_mb": model_bytes(folder) / 2**20,
