@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import signal
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +33,39 @@ def _fail(exc: LsafError, debug: bool) -> None:
         raise exc
     console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that temporary folders are removed on the way out."""
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _command(debug: bool, observer: Observer | None = None, resumable: bool = False) -> Iterator[None]:
+    """Run a command body: an LsafError becomes its one sentence; Ctrl-C or SIGTERM a short note and
+    exit 130 (143), with the progress display stopped and the cursor shown again."""
+    try:
+        yield
+    except LsafError as exc:
+        _stop_display(observer)
+        _fail(exc, debug)
+    except KeyboardInterrupt as exc:
+        _stop_display(observer)
+        if debug:
+            raise
+        hint = "; rerun with --resume to continue" if resumable else ""
+        console.print(f"interrupted; the previous output, if any, is untouched{hint}", highlight=False)
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+
+
+def _stop_display(observer: Observer | None) -> None:
+    progress = getattr(observer, "progress", None)
+    if progress is not None:
+        progress.stop()
+    console.show_cursor(True)
 
 
 def _collect_cli_values(**flags: Any) -> dict[str, Any]:
@@ -173,7 +208,8 @@ def run(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Score, allocate, prune, evaluate and save a causal LM."""
-    try:
+    observer = _RichObserver(quiet or as_json)
+    with _command(debug, observer, resumable=output is not None):
         from lsa_framework.config import build_config, load_config_file
         from lsa_framework.engine.pipeline import run as run_pipeline
 
@@ -208,10 +244,7 @@ def run(
             )
         )
         run_config = build_config(values)
-        result = run_pipeline(run_config, _RichObserver(quiet or as_json))
-    except LsafError as exc:
-        _fail(exc, debug)
-        return
+        result = run_pipeline(run_config, observer)
     if as_json:
         out.print_json(json.dumps(result.to_json()))
     else:
@@ -224,26 +257,33 @@ def eval_command(
     eval: Annotated[str, typer.Option(help="Comma-separated evaluators.")] = "perplexity,sparsity",
     tasks: Annotated[str | None, typer.Option(help="Zero-shot tasks, comma-separated (or 'paper').")] = None,
     calibration: Annotated[str, typer.Option(help="Text source whose evaluation split is used.")] = "builtin",
-    seqlen: Annotated[int, typer.Option(help="Perplexity window length.")] = 2048,
+    seqlen: Annotated[int | None, typer.Option(help="Perplexity window length (default 2048 or the context).")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     eval_opt: Annotated[list[str] | None, typer.Option(help="Evaluator option NAME.KEY=VALUE.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Folder for run.json and report.md.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an --output lsaf wrote.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Evaluate a model as it is, without pruning it."""
-    try:
+    observer = _RichObserver(as_json)
+    with _command(debug, observer):
         from lsa_framework.config import build_config
         from lsa_framework.engine.pipeline import evaluate_model
 
         values = _collect_cli_values(
-            model=model, eval=eval, calibration=calibration, seqlen=seqlen, dtype=dtype, eval_opt=eval_opt
+            model=model,
+            eval=eval,
+            calibration=calibration,
+            seqlen=seqlen,
+            dtype=dtype,
+            eval_opt=eval_opt,
+            output=output,
+            overwrite=overwrite or None,
         )
         if tasks:
             values.setdefault("eval_opts", {}).setdefault("zeroshot", {})["tasks"] = tasks.split(",")
-        result = evaluate_model(build_config({**values, "scorer": "uniform"}), _RichObserver(as_json))
-    except LsafError as exc:
-        _fail(exc, debug)
-        return
+        result = evaluate_model(build_config({**values, "scorer": "uniform"}), observer)
     if as_json:
         out.print_json(json.dumps(result.metrics))
         return
@@ -262,11 +302,13 @@ def bench(
         "bench-results"
     ),
     executor: Annotated[str, typer.Option(help="local (in-process) or ray.")] = "local",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an --output lsaf bench wrote.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Run a grid of models × scorers × allocators × pruners × sparsities × patterns."""
-    try:
+    observer = _RichBenchObserver(quiet)
+    with _command(debug, observer):
         from lsa_framework.bench.grid import load_grid
         from lsa_framework.bench.runner import run_grid
 
@@ -274,12 +316,9 @@ def bench(
         if executor != "local":
             from lsa_framework.bench.ray_executor import run_grid_ray
 
-            store = run_grid_ray(grid, output, _RichBenchObserver(quiet))
+            store = run_grid_ray(grid, output, observer, overwrite=overwrite)
         else:
-            store = run_grid(grid, output, _RichBenchObserver(quiet))
-    except LsafError as exc:
-        _fail(exc, debug)
-        return
+            store = run_grid(grid, output, observer, overwrite=overwrite)
     out.print((output / "results.md").read_text() if (output / "results.md").is_file() else "no results")
     out.print(f"{len(store.records)} cells in {output}")
 
@@ -310,8 +349,5 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    try:
-        app()
-    except KeyboardInterrupt:
-        console.print("interrupted; the previous output, if any, is untouched")
-        sys.exit(130)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    app()

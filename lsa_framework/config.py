@@ -63,6 +63,33 @@ class RunConfig(BaseModel):
         default="none", description="disk: keep decoder layers in the safetensors files, one in memory at a time."
     )
 
+    @field_validator("nsamples", "seqlen", "seed", "batch_size", "threads", "sparsity", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # YAML's `nsamples: true` would otherwise quietly become 1.
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
+
+    @field_validator("eval", mode="before")
+    @classmethod
+    def _eval_from_text(cls, value: Any) -> Any:
+        # the same comma-separated text as `--eval perplexity,sparsity`
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _expand_home(cls, value: Any) -> Any:
+        # `output: ~/x` in a config file means the home folder, as it does on the command line
+        if isinstance(value, (str, Path)) and str(value).startswith("~"):
+            try:
+                return Path(value).expanduser()
+            except RuntimeError:  # "~someone" with no such user
+                raise ValueError(f"{value!r} names a home folder that does not exist") from None
+        return value
+
     @field_validator("sparsity")
     @classmethod
     def _sparsity_in_range(cls, value: float | None) -> float | None:
@@ -132,20 +159,62 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _json_unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the key {key!r} is given twice")
+        result[key] = value
+    return result
+
+
+def parse_settings_text(text: str, suffix: str) -> Any:
+    """YAML (the default), TOML or JSON by file suffix, case-insensitively; duplicate keys are errors."""
+    suffix = suffix.lower()
+    if suffix == ".toml":
+        return tomllib.loads(text)  # TOML itself forbids duplicate keys
+    if suffix == ".json":
+        return json.loads(text, object_pairs_hook=_json_unique)
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def read_settings_file(path: Path, what: str, flag: str) -> Any:
+    """The parsed content of a settings file, with one sentence for each way it can be unreadable."""
+    if not path.is_file():
+        raise BadInputError(f"{what} {path} does not exist; check the path given to {flag}.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInputError(f"{what} {path} is not UTF-8 text; save it as UTF-8.") from None
+    except OSError as exc:
+        raise BadInputError(f"{what} {path} cannot be read ({exc.strerror}); check its permissions.") from None
+    try:
+        return parse_settings_text(text, path.suffix)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())
+        raise BadInputError(f"{what} {path} could not be parsed ({reason}); fix its syntax.") from None
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML, TOML or JSON config file into a dict of RunConfig fields."""
-    if not path.is_file():
-        raise BadInputError(f"Config file {path} does not exist; check the path given to --config.")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        raise BadInputError(f"Config file {path} could not be parsed ({exc}); fix its syntax.") from exc
+    data = read_settings_file(path, "Config file", "--config")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -161,6 +161,8 @@ class EvalContext:
     config: Any  # the RunConfig
     dataset: Any  # the text source (its "evaluation" split is disjoint from calibration)
     layout: Layout | None = None
+    #: the calibration windows' length, fitted to the model's context (``config.seqlen`` may exceed it)
+    seqlen: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

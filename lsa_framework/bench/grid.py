@@ -115,7 +115,12 @@ def cell_config(grid: GridConfig, cell: Cell) -> RunConfig:
 
 
 def load_grid(path: Path) -> GridConfig:
+    data = load_config_file(path)
+    if not data:
+        raise BadInputError(
+            f"The grid file {path} is empty; list at least the axes you want, e.g. `scorers: [uniform, lse]`."
+        )
     try:
-        return GridConfig(**load_config_file(path))
+        return GridConfig(**data)
     except ValidationError as exc:
         raise BadInputError(f"Invalid grid file {path} ({first_error(exc)}); see `lsaf bench --help`.") from exc

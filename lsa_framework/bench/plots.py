@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from lsa_framework.report.plots import plot_sparsity_profile
+from lsa_framework.storage.atomic import write_file
 
 
 def _metric_vs_sparsity(records: list[dict[str, Any]], metric: str, path: Path, log: bool) -> None:
@@ -33,10 +34,8 @@ def _metric_vs_sparsity(records: list[dict[str, Any]], metric: str, path: Path, 
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_plots(records: list[dict[str, Any]], folder: Path) -> None:

@@ -21,7 +21,7 @@ from lsa_framework.bench.runner import (
     ModelSession,
     ResultStore,
     execute_cell,
-    plan_cell,
+    failure,
     run_grid,
 )
 from lsa_framework.engine.pipeline import Observer, resolve_plugins
@@ -37,14 +37,20 @@ class CellWorker:
         config = cell_config(self.grid, self.cells[cell_id])
         self.session = ModelSession.open(config, resolve_plugins(config))
 
-    def execute(self, cell_id: str, values: dict[str, dict[str, float]]) -> dict[str, Any]:
+    def execute(self, cell_id: str, model_sha256: str, values: dict[str, dict[str, float]]) -> dict[str, Any]:
         cell = self.cells[cell_id]
         config = cell_config(self.grid, cell)
-        plan = plan_cell(cell, config, resolve_plugins(config), self.session.layout, values)
-        return execute_cell(self.session, plan, Observer())
+        plan = CellPlan(cell, config, resolve_plugins(config), model_sha256)
+        plan.allocate(self.session.layout, values)
+        try:
+            return execute_cell(self.session, plan, Observer())
+        except Exception as exc:
+            return failure(exc)
 
 
-def run_grid_ray(grid: GridConfig, output: Path, observer: BenchObserver | None = None) -> ResultStore:
+def run_grid_ray(
+    grid: GridConfig, output: Path, observer: BenchObserver | None = None, overwrite: bool = False
+) -> ResultStore:
     try:
         import ray
     except ImportError as exc:
@@ -60,20 +66,27 @@ def run_grid_ray(grid: GridConfig, output: Path, observer: BenchObserver | None 
     ) -> Iterator[tuple[CellPlan, dict[str, Any]]]:
         if not plans:
             return
-        values = {f"{p.cell.scorer}/{p.cell.allocator}": p.unit_values for p in plans}
+        values = {p.scores_key: p.unit_values for p in plans}
         actors: list[Any] = [
             remote_worker.remote(grid.model_dump(mode="json"), plans[0].cell.id) for _ in range(workers_per_model)
         ]
-        pending = {actors[i % len(actors)].execute.remote(plan.cell.id, values): plan for i, plan in enumerate(plans)}
+        pending = {
+            actors[i % len(actors)].execute.remote(plan.cell.id, plan.model_sha256, values): plan
+            for i, plan in enumerate(plans)
+        }
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             plan = pending.pop(done[0])
-            yield plan, ray.get(done[0])
+            try:
+                outcome = ray.get(done[0])
+            except Exception as exc:  # the actor itself died
+                outcome = failure(exc)
+            yield plan, outcome
         for actor in actors:
             ray.kill(actor)
 
     try:
-        return run_grid(grid, output, observer, executor)
+        return run_grid(grid, output, observer, executor, overwrite)
     finally:
         if started_here:
             ray.shutdown()

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 
 from lsa_framework.bench.grid import Cell, GridConfig, cell_config, cells
 from lsa_framework.config import RunConfig
+from lsa_framework.engine.checkpoint import fingerprint
 from lsa_framework.engine.pipeline import (
     Observer,
     Plugins,
@@ -39,8 +39,21 @@ from lsa_framework.engine.pipeline import (
     unit_records,
 )
 from lsa_framework.engine.sequential import Activations, capture_layer_inputs
+from lsa_framework.errors import BadInputError, LsafError
 from lsa_framework.model.layout import find_layout
-from lsa_framework.model.loading import load_model
+from lsa_framework.model.loading import load_model, protected_paths, spec_digest
+from lsa_framework.storage.atomic import make_folder, write_json
+from lsa_framework.storage.guard import (
+    Protected,
+    always_protected,
+    check_protected,
+    check_replaceable,
+    check_writable,
+    read_marker,
+    resolve,
+    write_marker,
+)
+from lsa_framework.storage.lock import output_lock
 from lsa_framework.types import EvalContext, Layout
 
 
@@ -54,39 +67,73 @@ class BenchObserver(Observer):
         """One more cell finished."""
 
 
-def _write_json_atomically(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide shared results from other users
-    os.replace(tmp, path)
+BENCH_KIND = "bench"
+
+
+def open_output(output: Path, overwrite: bool, protected: list[Protected]) -> Path:
+    """The bench folder, checked like a run's output; a bench folder lsaf wrote is resumed (or, with
+    ``--overwrite``, emptied of what lsaf wrote there), any other non-empty folder refused."""
+    target = resolve(output)
+    check_protected(target, [*always_protected(), *protected])
+    if target.exists() and not target.is_dir():
+        raise BadInputError(f"--output {target} is a file; pass a folder path to --output.")
+    if target.is_dir() and any(target.iterdir()):
+        check_replaceable(target, BENCH_KIND)
+        if overwrite:
+            marker = read_marker(target)
+            assert marker is not None
+            for name in marker.entries:
+                entry = target / name
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink(missing_ok=True)
+    check_writable(target)
+    make_folder(target)
+    write_marker(target, BENCH_KIND, extra=BENCH_ENTRIES)
+    return target
+
+
+#: What a bench folder may hold besides the marker (written as cells finish).
+BENCH_ENTRIES = ("results.json", "scores.json", "results.csv", "results.md", "*.png")
 
 
 @dataclass
 class ResultStore:
-    """results.json (finished cells) and scores.json (dense-pass scores) of one output folder."""
+    """results.json (finished cells, by their identity) and scores.json (dense-pass scores, by theirs)."""
 
     folder: Path
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    scores: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, folder: Path) -> ResultStore:
-        folder.mkdir(parents=True, exist_ok=True)
         store = cls(folder)
-        if (folder / "results.json").is_file():
-            store.records = {r["id"]: r for r in json.loads((folder / "results.json").read_text())["cells"]}
-        if (folder / "scores.json").is_file():
-            store.scores = json.loads((folder / "scores.json").read_text())
+        results, scores = folder / "results.json", folder / "scores.json"
+        try:
+            if results.is_file():
+                cells = json.loads(results.read_text(encoding="utf-8"))["cells"]
+                store.records = {r["key"]: r for r in cells if "key" in r and "error" not in r}
+            if scores.is_file():
+                data = json.loads(scores.read_text(encoding="utf-8"))
+                store.scores = {k: v for k, v in data.items() if isinstance(v, dict) and k.startswith("scores-")}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise BadInputError(
+                f"The bench results in {folder} are damaged (results.json or scores.json is not readable); "
+                "rerun with --overwrite to start over."
+            ) from None
         return store
 
+    def by_id(self) -> dict[str, dict[str, Any]]:
+        """The finished cells by their readable id (model|scorer|allocator|pruner|sparsity|pattern)."""
+        return {r["id"]: r for r in self.records.values()}
+
     def add(self, record: dict[str, Any]) -> None:
-        self.records[record["id"]] = record
-        _write_json_atomically(self.folder / "results.json", {"cells": list(self.records.values())})
+        self.records[record["key"]] = record
+        write_json(self.folder / "results.json", {"cells": list(self.records.values())})
 
     def save_scores(self) -> None:
-        _write_json_atomically(self.folder / "scores.json", self.scores)
+        write_json(self.folder / "scores.json", self.scores)
 
 
 @dataclass
@@ -119,84 +166,124 @@ class ModelSession:
                 info.module.weight.copy_(self.dense[info.name])
 
 
-def _prune_key(linear_sparsity: dict[str, float], config: RunConfig) -> str:
-    """Identical allocation + pruner + pattern + evaluation ⇒ identical cell results."""
-    payload = json.dumps(
+def _digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+#: Settings of a cell that decide its pruning data: the model, the calibration windows and the pass.
+DATA_SETTINGS = ("dtype", "calibration", "calibration_opts", "nsamples", "seqlen", "seed", "batch_size", "pipeline")
+
+
+def _data_identity(config: RunConfig, model_sha256: str) -> dict[str, Any]:
+    settings = config.model_dump(mode="json")
+    return {"model": config.model, "model_sha256": model_sha256, **{k: settings[k] for k in DATA_SETTINGS}}
+
+
+def cell_key(config: RunConfig, model_sha256: str) -> str:
+    """A cell's identity: every setting that changes its result (a changed ``run:`` setting is a new cell)."""
+    return "cell-" + _digest({"fingerprint": fingerprint(config), "eval": config.eval, "eval_opts": config.eval_opts,
+                              **_data_identity(config, model_sha256)})  # fmt: skip
+
+
+def scores_key(config: RunConfig, model_sha256: str) -> str:
+    """The identity of one (scorer, allocator) pair's dense-pass scores."""
+    identity = _data_identity(config, model_sha256)
+    identity.pop("pipeline")  # scores always come from the dense model
+    unit = {k: getattr(config, k) for k in ("scorer", "scorer_opts", "allocator", "allocator_opts")}
+    return "scores-" + _digest({**identity, **unit})
+
+
+def _prune_key(linear_sparsity: dict[str, float], config: RunConfig, model_sha256: str) -> str:
+    """Identical data + allocation + pruner + pattern + evaluation ⇒ identical cell results."""
+    return _digest(
         {
+            **_data_identity(config, model_sha256),
             "sparsity": {k: round(v, 12) for k, v in sorted(linear_sparsity.items())},
             "pruner": config.pruner,
             "pruner_opts": config.pruner_opts,
             "pattern": config.pattern,
             "eval": config.eval,
             "eval_opts": config.eval_opts,
-        },
-        sort_keys=True,
-        default=str,
+        }
     )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _score_model(
-    session: ModelSession, model_cells: list[Cell], plugins: dict[str, Plugins], store: ResultStore, obs: Observer
+    session: ModelSession, plans: list[CellPlan], store: ResultStore, obs: Observer
 ) -> dict[str, dict[str, float]]:
     """Scores of every (scorer, allocator) pair of this model's cells, from one dense pass."""
     scorer_of: dict[str, Any] = {}
-    allocator_of: dict[str, Any] = {}
-    for cell in model_cells:
-        scorer_of.setdefault(cell.scorer, plugins[cell.id].scorer)  # one instance per scorer: shared caches
-        allocator_of.setdefault(cell.allocator, plugins[cell.id].allocator)
-    cached = store.scores.setdefault(session.config.model, {})
-    pairs = sorted({(c.scorer, c.allocator) for c in model_cells})
-    jobs = [
-        ScoringJob(f"{s}/{a}", scorer_of[s], allocator_of[a].call("units", session.layout))
-        for s, a in pairs
-        if f"{s}/{a}" not in cached
-    ]
+    jobs: dict[str, ScoringJob] = {}
+    for plan in plans:
+        key = plan.scores_key
+        if key in store.scores or key in jobs:
+            continue
+        scorer = scorer_of.setdefault(plan.cell.scorer, plan.plugins.scorer)  # one instance per scorer: shared caches
+        jobs[key] = ScoringJob(key, scorer, plan.plugins.allocator.call("units", session.layout))
     if jobs:
-        cached.update(score_jobs(jobs, session.layout, session.calibrate, obs))
+        store.scores.update(score_jobs(list(jobs.values()), session.layout, session.calibrate, obs))
         store.save_scores()
-    return cached
+    return store.scores
 
 
 @dataclass
 class CellPlan:
-    """A cell with its allocation done: what to prune, and the record to fill."""
+    """A cell and its identity; after :meth:`allocate`, what to prune and the record to fill."""
 
     cell: Cell
     config: RunConfig
     plugins: Plugins
-    record: dict[str, Any]
-    units: list[Any]
-    unit_values: dict[str, float]
-    sparsities: dict[str, float]
-    linear_sparsity: dict[str, float]
+    model_sha256: str
+    record: dict[str, Any] = field(default_factory=dict)
+    units: list[Any] = field(default_factory=list)
+    unit_values: dict[str, float] = field(default_factory=dict)
+    sparsities: dict[str, float] = field(default_factory=dict)
+    linear_sparsity: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cell_key(self) -> str:
+        return cell_key(self.config, self.model_sha256)
+
+    @property
+    def scores_key(self) -> str:
+        return scores_key(self.config, self.model_sha256)
 
     @property
     def key(self) -> str:
         return str(self.record["prune_key"])
 
+    def allocate(self, layout: Layout, values: dict[str, dict[str, float]]) -> None:
+        """Score → sparsity (cheap: the scores come from the shared dense pass)."""
+        config, plugins = self.config, self.plugins
+        self.units = plugins.allocator.call("units", layout)
+        self.unit_values = values[self.scores_key]
+        granularity = getattr(plugins.allocator.instance, "granularity", "layer")
+        scores = plugins.scorer.call("finish", self.unit_values, config.target_sparsity, granularity)
+        self.sparsities, note = allocate(
+            plugins.allocator, self.units, scores, config.target_sparsity, config.parsed_pattern
+        )
+        self.linear_sparsity = {info.name: self.sparsities[u.name] for u in self.units for info in u.linears}
+        self.record = {
+            **self.header(),
+            "prune_key": _prune_key(self.linear_sparsity, config, self.model_sha256),
+            "note": note,
+        }
 
-def plan_cell(cell: Cell, config: RunConfig, plugins: Plugins, layout: Layout, values: dict) -> CellPlan:
-    """Score → sparsity for one cell (cheap: the scores come from the shared dense pass)."""
-    units = plugins.allocator.call("units", layout)
-    unit_values = values[f"{cell.scorer}/{cell.allocator}"]
-    granularity = getattr(plugins.allocator.instance, "granularity", "layer")
-    scores = plugins.scorer.call("finish", unit_values, config.target_sparsity, granularity)
-    sparsities, note = allocate(plugins.allocator, units, scores, config.target_sparsity, config.parsed_pattern)
-    linear_sparsity = {info.name: sparsities[u.name] for u in units for info in u.linears}
-    record: dict[str, Any] = {
-        "id": cell.id,
-        "model": cell.model,
-        "scorer": cell.scorer,
-        "allocator": cell.allocator,
-        "pruner": cell.pruner,
-        "sparsity": cell.sparsity,
-        "pattern": cell.pattern,
-        "method": cell.method,
-        "prune_key": _prune_key(linear_sparsity, config),
-        "note": note,
-    }
-    return CellPlan(cell, config, plugins, record, units, unit_values, sparsities, linear_sparsity)
+    def header(self) -> dict[str, Any]:
+        """What identifies the cell in results.json and the tables."""
+        c = self.cell
+        return {
+            "key": self.cell_key,
+            "id": c.id,
+            "model": c.model,
+            "model_sha256": self.model_sha256,
+            "scorer": c.scorer,
+            "allocator": c.allocator,
+            "pruner": c.pruner,
+            "sparsity": c.sparsity,
+            "pattern": c.pattern,
+            "method": c.method,
+        }
 
 
 def execute_cell(session: ModelSession, plan: CellPlan, obs: Observer) -> dict[str, Any]:
@@ -229,49 +316,110 @@ def reuse_outcome(plan: CellPlan, previous: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-#: Runs the unique plans of one model and yields (plan, outcome) as they finish.
+#: Runs the unique plans of one model and yields (plan, outcome) as they finish; an outcome with an
+#: ``error`` is a cell that failed (its sentence), the others go on.
 Executor = Callable[[ModelSession, list[CellPlan], Observer], Iterator[tuple[CellPlan, dict[str, Any]]]]
+
+
+def failure(exc: Exception) -> dict[str, Any]:
+    """The outcome of a failed cell: its error as one sentence (the user's, or the exception's)."""
+    if isinstance(exc, LsafError):
+        return {"error": str(exc)}
+    return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def local_executor(session: ModelSession, plans: list[CellPlan], obs: Observer) -> Iterator[tuple[CellPlan, dict]]:
     for plan in plans:
-        yield plan, execute_cell(session, plan, obs)
+        try:
+            outcome = execute_cell(session, plan, obs)
+        except Exception as exc:
+            outcome = failure(exc)
+        yield plan, outcome
+
+
+class GridFailedError(LsafError):
+    """Some cells of a grid failed; the others are finished and saved."""
 
 
 def run_grid(
-    grid: GridConfig, output: Path, observer: BenchObserver | None = None, executor: Executor = local_executor
+    grid: GridConfig,
+    output: Path,
+    observer: BenchObserver | None = None,
+    executor: Executor = local_executor,
+    overwrite: bool = False,
 ) -> ResultStore:
     """Run every unfinished cell of ``grid``; results accumulate in ``output``."""
-    from lsa_framework.bench.tables import write_tables
-
-    obs = observer or BenchObserver()
     all_cells = cells(grid)
+    if not all_cells:
+        raise BadInputError("The grid has no cells (an axis is an empty list); give every axis at least one value.")
     configs = {c.id: cell_config(grid, c) for c in all_cells}
     plugins = {c.id: resolve_plugins(configs[c.id]) for c in all_cells}  # every name and option checked first
+    protected = [p for model in grid.models for p in protected_paths(model)]
+    target = open_output(output, overwrite, protected)
+    with output_lock(target):
+        return _run_grid(grid, all_cells, configs, plugins, target, observer or BenchObserver(), executor)
+
+
+def _run_grid(
+    grid: GridConfig,
+    all_cells: list[Cell],
+    configs: dict[str, RunConfig],
+    plugins: dict[str, Plugins],
+    output: Path,
+    obs: BenchObserver,
+    executor: Executor,
+) -> ResultStore:
+    from lsa_framework.bench.tables import write_tables
+
     store = ResultStore.open(output)
-    todo = [c for c in all_cells if c.id not in store.records]
-    obs.start_grid(len(all_cells), len(all_cells) - len(todo))
+    digests = {model: spec_digest(model) for model in grid.models}
+    plans = [CellPlan(c, configs[c.id], plugins[c.id], digests[c.model]) for c in all_cells]
+    current = {plan.cell_key for plan in plans}
+    stale = [key for key in store.records if key not in current]
+    if stale:
+        obs.message(
+            f"{len(stale)} finished cells in {output} come from other settings or weights; they stay in "
+            "results.json but not in the tables"
+        )
+    todo = [plan for plan in plans if plan.cell_key not in store.records]
+    obs.start_grid(len(plans), len(plans) - len(todo))
+    failed: dict[str, dict[str, Any]] = {}
+
+    def tables() -> None:
+        write_tables([store.records[k] for k in current if k in store.records], list(failed.values()), output)
 
     def finish(plan: CellPlan, outcome: dict[str, Any], shared: dict[str, float]) -> None:
-        store.add({**plan.record, **outcome, "shared_seconds": shared})
-        write_tables(store, output)
-        obs.cell_done(plan.cell, outcome["seconds"])
+        if "error" in outcome:
+            failed[plan.cell_key] = {**plan.header(), **outcome}
+            obs.message(f"{plan.cell.id} failed: {outcome['error']}")
+        else:
+            store.add({**plan.record, **outcome, "shared_seconds": shared})
+        tables()
+        obs.cell_done(plan.cell, outcome.get("seconds", 0.0))
 
     for model in grid.models:
-        model_cells = [c for c in todo if c.model == model]
-        if not model_cells:
+        model_plans = [p for p in todo if p.cell.model == model]
+        if not model_plans:
             continue
-        first = model_cells[0]
-        started = time.perf_counter()
-        session = ModelSession.open(configs[first.id], plugins[first.id])
-        shared = {"load_and_calibrate": round(time.perf_counter() - started, 2)}
-        started = time.perf_counter()
-        values = _score_model(session, model_cells, plugins, store, obs)
-        shared["scoring"] = round(time.perf_counter() - started, 2)
-        plans = [plan_cell(c, configs[c.id], plugins[c.id], session.layout, values) for c in model_cells]
-        done_by_key = {r["prune_key"]: r for r in store.records.values() if "prune_key" in r}
+        try:
+            started = time.perf_counter()
+            session = ModelSession.open(model_plans[0].config, model_plans[0].plugins)
+            shared = {"load_and_calibrate": round(time.perf_counter() - started, 2)}
+            started = time.perf_counter()
+            values = _score_model(session, model_plans, store, obs)
+            shared["scoring"] = round(time.perf_counter() - started, 2)
+        except Exception as exc:  # the model's shared work failed: every one of its cells did
+            for plan in model_plans:
+                finish(plan, failure(exc), {})
+            continue
         waiting: dict[str, list[CellPlan]] = {}
-        for plan in plans:
+        done_by_key = {r["prune_key"]: r for r in store.records.values() if "prune_key" in r}
+        for plan in model_plans:
+            try:
+                plan.allocate(session.layout, values)
+            except Exception as exc:
+                finish(plan, failure(exc), shared)
+                continue
             if plan.key in done_by_key:
                 finish(plan, reuse_outcome(plan, done_by_key[plan.key]), shared)
             else:
@@ -279,8 +427,15 @@ def run_grid(
         for plan, outcome in executor(session, [group[0] for group in waiting.values()], obs):
             finish(plan, outcome, shared)
             for twin in waiting[plan.key][1:]:
-                finish(twin, reuse_outcome(twin, {**plan.record, **outcome}), shared)
-    write_tables(store, output)
+                twin_outcome = outcome if "error" in outcome else reuse_outcome(twin, {**plan.record, **outcome})
+                finish(twin, twin_outcome, shared)
+    tables()
+    if failed:
+        first = next(iter(failed.values()))
+        raise GridFailedError(
+            f"{len(failed)} of {len(plans)} cells failed (first: {first['id']}: {first['error']}); the others are "
+            f"saved in {output} and a rerun retries only the failed ones."
+        )
     return store
 
 

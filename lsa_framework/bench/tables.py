@@ -9,21 +9,19 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lsa_framework.bench.runner import ResultStore
+from lsa_framework.storage.atomic import write_text
 
 HEADLINE = ("perplexity", "zeroshot.mean", "sparsity")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+#: metric -> (table title, which direction is better; None: not a quality metric, nothing in bold)
+LABELS = {
+    "perplexity": ("perplexity (lower is better)", "lower"),
+    "zeroshot.mean": ("zero-shot mean accuracy", "higher"),
+    "sparsity": ("realised sparsity", None),
+}
 
 
 def csv_text(records: list[dict[str, Any]]) -> str:
@@ -47,12 +45,12 @@ def csv_text(records: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _format(value: float | None) -> str:
+def _format(value: float | None, digits: int = 2) -> str:
     if value is None:
         return "–"
     if value >= 1e4:
         return f"{value:.2e}"
-    return f"{value:.2f}"
+    return f"{value:.{digits}f}"
 
 
 def markdown_tables(records: list[dict[str, Any]]) -> str:
@@ -64,37 +62,48 @@ def markdown_tables(records: list[dict[str, Any]]) -> str:
     for (model, pattern), rows in groups.items():
         sparsities = sorted({r["sparsity"] for r in rows})
         methods = list(dict.fromkeys(r["method"] for r in rows))
-        for metric in HEADLINE[:2]:
+        for metric in HEADLINE:
             if not any(metric in r["metrics"] for r in rows):
                 continue
-            lower_is_better = metric == "perplexity"
+            label, better = LABELS[metric]
+            lower_is_better = better == "lower"
             cell = {(r["method"], r["sparsity"]): r["metrics"].get(metric) for r in rows}
-            label = "perplexity (lower is better)" if lower_is_better else "zero-shot mean accuracy"
             lines += [f"### {model}, {pattern}: {label}", ""]
             lines.append("| method | " + " | ".join(f"{s:g}" for s in sparsities) + " |")
             lines.append("| --- |" + " ---: |" * len(sparsities))
             best = {}
             for s in sparsities:
                 column = [v for (m, sp), v in cell.items() if sp == s and v is not None and math.isfinite(v)]
-                if column:
+                if column and better is not None:
                     best[s] = min(column) if lower_is_better else max(column)
             for method in methods:
                 values = []
                 for s in sparsities:
                     v = cell.get((method, s))
-                    text = _format(v)
+                    text = _format(v, 4 if better is None else 2)
                     values.append(f"**{text}**" if v is not None and best.get(s) == v else text)
                 lines.append(f"| {method} | " + " | ".join(values) + " |")
             lines.append("")
     return "\n".join(lines)
 
 
-def write_tables(store: ResultStore, folder: Path) -> None:
+def failures_markdown(failed: list[dict[str, Any]]) -> str:
+    """The cells that failed, each with its error sentence (a rerun retries them)."""
+    if not failed:
+        return ""
+    lines = ["### failed cells", "", "| cell | error |", "| --- | --- |"]
+    lines += [f"| {f['id']} | {' '.join(str(f['error']).split()).replace('|', '/')} |" for f in failed]
+    return "\n".join([*lines, ""])
+
+
+def write_tables(records: list[dict[str, Any]], failed: list[dict[str, Any]], folder: Path) -> None:
+    """results.csv, results.md (the paper-style tables, then the failed cells) and the plots."""
     from lsa_framework.bench.plots import write_plots
 
-    records = list(store.records.values())
-    if not records:
+    if not records and not failed:
         return
-    _atomic_write(folder / "results.csv", csv_text(records))
-    _atomic_write(folder / "results.md", "# lsaf bench results\n\n" + markdown_tables(records))
-    write_plots(records, folder)
+    write_text(folder / "results.csv", csv_text(records))
+    body = markdown_tables(records) + ("\n" + failures_markdown(failed) if failed else "")
+    write_text(folder / "results.md", "# lsaf bench results\n\n" + body)
+    if records:
+        write_plots(records, folder)

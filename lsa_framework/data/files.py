@@ -63,6 +63,14 @@ def read_jsonl(path: Path, raw: str) -> list[str]:
             ) from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise BadInputError(f'Line {number} of {path} has no "text" string; write each line as {{"text": "..."}}.')
+        try:
+            record["text"].encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON's "\ud800" escapes decode to text no tokenizer takes
+            bad = repr(exc.object[exc.start : exc.end])
+            raise BadInputError(
+                f"Line {number} of {path} holds an invalid character ({bad}, a lone surrogate); "
+                "remove it or write the text as valid UTF-8."
+            ) from None
         if record["text"].strip():
             documents.append(record["text"])
     return documents

@@ -37,6 +37,29 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(ids)
 
 
+def model_context(model: Any) -> int | None:
+    """The longest sequence the model was built for (``max_position_embeddings``; GPT-2's ``n_positions``
+    answers to the same name), or None when its config does not say."""
+    value = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def fit_seqlen(seqlen: int, context: int | None, explicit: bool, flag: str = "--seqlen") -> tuple[int, str | None]:
+    """The sequence length to use, and a notice when it was shortened.
+
+    A length the user asked for that exceeds the model's context is refused: running with fewer
+    tokens than asked (and recording the asked value) would misreport the run. The default length
+    (the papers' 2048) is shortened to the context instead, with a notice, since the user never chose it.
+    """
+    if context is None or seqlen <= context:
+        return seqlen, None
+    if explicit:
+        raise BadInputError(
+            f"{flag} {seqlen} is longer than the model's context of {context} tokens; pass {flag} {context} or less."
+        )
+    return context, f"sequence length {seqlen} shortened to the model's context of {context} tokens"
+
+
 def sample_windows(tokenizer: Any, documents: Sequence[str], nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
     """``nsamples`` random windows of ``seqlen`` tokens of ``documents``, a LongTensor (nsamples, seqlen)."""
     if nsamples <= 0:

@@ -4,30 +4,34 @@
     lsaf run ... --output out/lsa-70 --resume   # scores reused, layers 0-16 loaded, pruning goes on at 17
 
 The state lives in ``.<output name>.partial/`` next to the output: ``state.json`` (the config's
-fingerprint, the unit scores once scoring is done, the number of pruned layers) and one safetensors
-file per pruned layer. Every file is written to a temporary name and renamed, so a SIGKILL at any
-instant leaves either the old or the new state. On resume the activations at the first unfinished
-layer are recomputed by running the calibration batch through the already-pruned layers, which
-gives bit-identical inputs, hence identical masks and weights.
+fingerprint, the model's content hash, the unit scores once scoring is done, the number of pruned
+layers) and one safetensors file per pruned layer. Every file is written to a temporary name and
+renamed, so a SIGKILL (or a full disk) at any instant leaves either the old or the new state. On
+resume the activations at the first unfinished layer are recomputed by running the calibration batch
+through the already-pruned layers, which gives bit-identical inputs, hence identical masks and weights.
+A resume against other settings or other weights (same path, different content) is refused, and so is
+a damaged state, each with one sentence.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from lsa_framework.errors import BadInputError
+from lsa_framework.model import tensorfile
+from lsa_framework.storage.atomic import DiskFullError, disk_full, is_disk_full, make_folder, write_json
 from lsa_framework.types import Layout
 
 #: RunConfig fields that do not change what is computed, so a resume may differ in them.
 NOT_FINGERPRINTED = frozenset({"output", "overwrite", "resume", "threads", "device", "offload", "eval", "eval_opts"})
+#: The file that makes a ``.NAME.partial`` folder lsaf's own (so lsaf may remove it).
+PARTIAL_MARKER = ".lsaf-partial"
 
 
 def fingerprint(config: Any) -> str:
@@ -40,32 +44,36 @@ def partial_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.partial"
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def is_own_partial(folder: Path) -> bool:
+    """Whether ``folder`` is a resume state lsaf created (its marker, or a state.json of ours)."""
+    return (folder / PARTIAL_MARKER).is_file() or (folder / "state.json").is_file()
 
 
 class Checkpoint:
     """The on-disk state of one run; a no-op when the run has no output folder."""
 
-    def __init__(self, folder: Path | None, config_fingerprint: str) -> None:
+    def __init__(self, folder: Path | None, config_fingerprint: str, model_sha256: str = "") -> None:
         self.folder = folder
         self.fingerprint = config_fingerprint
-        self.state: dict[str, Any] = {"fingerprint": config_fingerprint, "layers_done": 0, "mask_sha256": {}}
+        self.state: dict[str, Any] = {
+            "fingerprint": config_fingerprint,
+            "model_sha256": model_sha256,
+            "layers_done": 0,
+            "mask_sha256": {},
+        }
 
     @classmethod
-    def open(cls, config: Any) -> Checkpoint:
+    def open(cls, config: Any, model_sha256: str = "") -> Checkpoint:
         """Start or resume the checkpoint of ``config``; refuse to silently reuse or drop old state."""
         if config.output is None:
             if config.resume:
                 raise BadInputError("--resume needs --output: the resumable state is kept beside the output folder.")
             return cls(None, "")
         folder = partial_dir(config.output)
-        checkpoint = cls(folder, fingerprint(config))
+        checkpoint = cls(folder, fingerprint(config), model_sha256)
         state_file = folder / "state.json"
-        if state_file.is_file():
-            old = json.loads(state_file.read_text())
+        if state_file.exists():
+            old = checkpoint._read_state(state_file)
             if not config.resume:
                 raise BadInputError(
                     f"An interrupted run left its state in {folder} ({old.get('layers_done', 0)} layers pruned); "
@@ -77,9 +85,55 @@ class Checkpoint:
                     "and --resume, or delete that folder to start over."
                 )
             checkpoint.state = old
+            checkpoint.bind_model(model_sha256, config.model)
+            checkpoint._check_layers()
         elif folder.exists():
-            shutil.rmtree(folder)  # a state that never got its first file written holds nothing to resume
+            if not is_own_partial(folder):
+                raise BadInputError(
+                    f"{folder} exists but was not written by lsaf; move it away, it is where lsaf keeps the "
+                    "resumable state of this output."
+                )
+            shutil.rmtree(folder)  # lsaf's own state that never got its first file written: nothing to resume
         return checkpoint
+
+    def bind_model(self, model_sha256: str, model: str) -> None:
+        """Record the content hash of the weights being pruned; a resume must find the same weights."""
+        if not model_sha256:
+            return
+        saved = self.state.get("model_sha256")
+        if saved and saved != model_sha256:
+            raise BadInputError(
+                f"The interrupted run in {self.folder} pruned other weights than those now at {model} (their "
+                "content hash differs); restore that model, or delete that folder to start over."
+            )
+        self.state["model_sha256"] = model_sha256
+
+    def _damaged(self, what: str) -> BadInputError:
+        return BadInputError(
+            f"The resumable state in {self.folder} is damaged ({what}); delete that folder to start over."
+        )
+
+    def _read_state(self, state_file: Path) -> dict[str, Any]:
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise self._damaged(f"state.json is not readable JSON: {type(exc).__name__}") from None
+        if not isinstance(state, dict) or not isinstance(state.get("layers_done"), int):
+            raise self._damaged("state.json lacks its layer count")
+        if not isinstance(state.get("mask_sha256"), dict):
+            raise self._damaged("state.json lacks its mask hashes")
+        return state
+
+    def _check_layers(self) -> None:
+        """Every saved layer file is there and complete, before any work is spent on the resume."""
+        for index in range(self.layers_done):
+            path = self._layer_file(index)
+            if not path.is_file():
+                raise self._damaged(f"{path.name} is missing")
+            try:
+                tensorfile.check_complete(path)
+            except BadInputError:
+                raise self._damaged(f"{path.name} is truncated or not a safetensors file") from None
 
     @property
     def enabled(self) -> bool:
@@ -93,12 +147,24 @@ class Checkpoint:
     def scores(self) -> dict[str, float] | None:
         return self.state.get("scores")
 
+    def _layer_file(self, index: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"layer_{index}.safetensors"
+
+    def _ensure_folder(self) -> None:
+        assert self.folder is not None
+        if not self.folder.exists():
+            make_folder(self.folder)
+            (self.folder / PARTIAL_MARKER).touch()
+
     def _save_state(self) -> None:
         if self.folder is None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.state, indent=1)
-        _write_atomically(self.folder / "state.json", lambda p: p.write_text(text))
+        self._ensure_folder()
+        try:
+            write_json(self.folder / "state.json", self.state)
+        except DiskFullError as exc:
+            raise disk_full(self.folder / "state.json", exc, resumable=True) from exc
 
     def save_scores(self, scores: dict[str, float]) -> None:
         self.state["scores"] = scores
@@ -108,9 +174,15 @@ class Checkpoint:
         """Persist layer ``index`` (pruned), then advance ``layers_done`` past it."""
         if self.folder is None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._ensure_folder()
         tensors = {info.name: info.module.weight.detach().cpu().contiguous() for info in layout.linears[index]}
-        _write_atomically(self.folder / f"layer_{index}.safetensors", lambda p: save_file(tensors, str(p)))
+        path = self._layer_file(index)
+        try:
+            tensorfile.write_tensors(path, tensors)
+        except Exception as exc:
+            if is_disk_full(exc) or isinstance(exc, DiskFullError):
+                raise disk_full(path, exc, resumable=True) from exc
+            raise
         self.state["mask_sha256"].update(hashes)
         self.state["layers_done"] = index + 1
         self._save_state()
@@ -124,11 +196,16 @@ class Checkpoint:
         """Put the saved pruned weights of layer ``index`` (< ``layers_done``) back into the model."""
         if self.folder is None:
             return
-        saved = load_file(str(self.folder / f"layer_{index}.safetensors"))
+        path = self._layer_file(index)
+        names = [info.name for info in layout.linears[index]]
+        try:
+            saved = tensorfile.read_tensors(path, names)
+        except BadInputError:
+            raise self._damaged(f"{path.name} lacks some of layer {index}'s weights or is truncated") from None
         with torch.no_grad():
             for info in layout.linears[index]:
                 info.module.weight.copy_(saved[info.name])
 
     def discard(self) -> None:
-        if self.folder is not None:
+        if self.folder is not None and self.folder.exists() and is_own_partial(self.folder):
             shutil.rmtree(self.folder, ignore_errors=True)

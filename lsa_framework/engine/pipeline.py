@@ -25,12 +25,15 @@ import torch
 from lsa_framework import __version__, registry
 from lsa_framework.allocators.mapping import MAX_SPARSITY
 from lsa_framework.config import RunConfig, plugin_options
-from lsa_framework.data.windows import sample_windows
+from lsa_framework.data.windows import fit_seqlen, model_context, sample_windows
 from lsa_framework.engine.checkpoint import Checkpoint, partial_dir
 from lsa_framework.engine.sequential import Activations, capture_layer_inputs, pruning_pass, scoring_pass
 from lsa_framework.errors import BadInputError, LsafError, PluginError
 from lsa_framework.model.layout import find_layout
-from lsa_framework.model.loading import load_model
+from lsa_framework.model.loading import load_model, protected_paths
+from lsa_framework.storage.atomic import remove_stale_temporaries
+from lsa_framework.storage.guard import check_output
+from lsa_framework.storage.lock import output_lock
 from lsa_framework.types import EvalContext, Layout, LinearInfo, LinearStats, Pattern, Scores, Unit
 
 
@@ -57,6 +60,8 @@ class RunResult:
     allocation: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     model_source: str = ""
+    model_sha256: str = ""
+    calibration: dict[str, int] = field(default_factory=dict)  # the windows actually used
     output: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +77,8 @@ class RunResult:
             },
             "seed": self.config.seed,
             "model_source": self.model_source,
+            "model_sha256": self.model_sha256,
+            "calibration": self.calibration,
             "allocation": self.allocation,
             "units": [vars(u) for u in self.units],
             "metrics": self.metrics,
@@ -144,13 +151,17 @@ def resolve_plugins(config: RunConfig) -> Plugins:
             f"--eval-opt given for {', '.join(sorted(unknown_eval_opts))}, which is not in --eval "
             f"({', '.join(config.eval)}); add it to --eval or drop the option."
         )
-    return Plugins(
+    plugins = Plugins(
         scorer=resolve("scorers", config.scorer, config.scorer_opts),
         allocator=resolve("allocators", config.allocator, config.allocator_opts),
         pruner=resolve("pruners", config.pruner, config.pruner_opts),
         dataset=resolve_dataset(config),
         evaluators=[resolve("evaluators", n, config.eval_opts.get(n, {})) for n in config.eval],
     )
+    for evaluator in plugins.evaluators:
+        if "check" in getattr(evaluator.instance, "capabilities", ()):
+            evaluator.call("check", config)  # a setting it cannot use is refused before any work
+    return plugins
 
 
 class Stages:
@@ -392,10 +403,20 @@ def evaluate(evaluators: list[Plugin], model: Any, tokenizer: Any, context: Eval
     return metrics
 
 
-def calibration_ids(config: RunConfig, dataset: Plugin, tokenizer: Any, model: Any) -> torch.Tensor:
-    """The seeded calibration windows, with seqlen capped by the model's context."""
+def calibration_seqlen(config: RunConfig, model: Any, observer: Observer | None = None) -> int:
+    """``config.seqlen``, or the model's context when the default exceeds it (an explicit one may not)."""
+    seqlen, notice = fit_seqlen(config.seqlen, model_context(model), "seqlen" in config.model_fields_set)
+    if notice and observer is not None:
+        observer.message(notice)
+    return seqlen
+
+
+def calibration_ids(
+    config: RunConfig, dataset: Plugin, tokenizer: Any, model: Any, observer: Observer | None = None
+) -> torch.Tensor:
+    """The seeded calibration windows (see :func:`calibration_seqlen` for their length)."""
     documents = dataset.call("documents", "calibration")
-    seqlen = min(config.seqlen, int(getattr(model.config, "max_position_embeddings", config.seqlen)))
+    seqlen = calibration_seqlen(config, model, observer)
     return sample_windows(tokenizer, documents, config.nsamples, seqlen, config.seed)
 
 
@@ -418,13 +439,20 @@ def run(config: RunConfig, observer: Observer | None = None) -> RunResult:
 
     config.check_consistency()
     plugins = resolve_plugins(config)
-    if config.output is not None:
-        check_output_path(config.output, config.overwrite)
+    if config.output is None:
+        return _prepared_run(config, plugins, observer or Observer())
+    target = check_output_path(config.output, config.overwrite, protected_paths(config.model))
+    with output_lock(target):
+        remove_stale_temporaries(target)
+        return _prepared_run(config, plugins, observer or Observer())
+
+
+def _prepared_run(config: RunConfig, plugins: Plugins, observer: Observer) -> RunResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     checkpoint = Checkpoint.open(config)
     with offload_staging(config) as staging:
-        return _run(config, plugins, checkpoint, staging, observer or Observer())
+        return _run(config, plugins, checkpoint, staging, observer)
 
 
 def _run(
@@ -444,10 +472,13 @@ def _run(
         loaded = load_model(config.model, config.dtype, offload_staging=staging)
         model, tokenizer = loaded.model, loaded.tokenizer
         result.model_source = loaded.source
+        result.model_sha256 = loaded.digest()
+        checkpoint.bind_model(result.model_sha256, config.model)
         layout = loaded.layout()
     units: list[Unit] = plugins.allocator.call("units", layout)
     with stage("calibration"):
-        input_ids = calibration_ids(config, plugins.dataset, tokenizer, model)
+        input_ids = calibration_ids(config, plugins.dataset, tokenizer, model, observer)
+        result.calibration = {"nsamples": int(input_ids.shape[0]), "seqlen": int(input_ids.shape[1])}
 
     def calibrate() -> Activations:
         return capture_layer_inputs(model, layout.layers[0], input_ids, config.batch_size, device)
@@ -484,14 +515,16 @@ def _run(
     result.units = unit_records(layout, units, values, sparsities)
 
     with stage("evaluation"):
-        context = EvalContext(config=config, dataset=plugins.dataset.instance, layout=layout)
+        context = EvalContext(
+            config=config, dataset=plugins.dataset.instance, layout=layout, seqlen=result.calibration["seqlen"]
+        )
         loaded.place(device)
         result.metrics = evaluate(plugins.evaluators, model, tokenizer, context, observer)
         loaded.place(torch.device("cpu"))
     pm.hook.lsaf_after_run(result=result)
     if config.output is not None:
         with stage("save"):
-            write_output(result, loaded.save, tokenizer, config.output, config.overwrite)
+            write_output(result, loaded.save, tokenizer, config.output, config.overwrite, protected_paths(config.model))
         result.output = config.output
     checkpoint.discard()
     return result
@@ -501,13 +534,33 @@ def evaluate_model(config: RunConfig, observer: Observer | None = None) -> RunRe
     """Evaluate ``config.model`` as it is (``lsaf eval``): no scoring, no pruning."""
     observer = observer or Observer()
     plugins = resolve_plugins(config)
+    if config.output is None:
+        return _evaluate_model(config, plugins, observer)
+    from lsa_framework.report.output import EVAL_KIND
+
+    protected = protected_paths(config.model)
+    target = check_output(config.output, kind=EVAL_KIND, overwrite=config.overwrite, protected=protected)
+    with output_lock(target):
+        remove_stale_temporaries(target)
+        return _evaluate_model(config, plugins, observer)
+
+
+def _evaluate_model(config: RunConfig, plugins: Plugins, observer: Observer) -> RunResult:
+    from lsa_framework.report.output import write_evaluation
+
     result = RunResult(config=config)
     stage = Stages(result)
     with stage("load"):
         loaded = load_model(config.model, config.dtype)
         result.model_source = loaded.source
+        result.model_sha256 = loaded.digest()
     with stage("evaluation"):
         layout = find_layout(loaded.model) if "sparsity" in config.eval else None
-        context = EvalContext(config=config, dataset=plugins.dataset.instance, layout=layout)
+        seqlen = calibration_seqlen(config, loaded.model, observer)
+        context = EvalContext(config=config, dataset=plugins.dataset.instance, layout=layout, seqlen=seqlen)
         result.metrics = evaluate(plugins.evaluators, loaded.model, loaded.tokenizer, context, observer)
+    if config.output is not None:
+        with stage("save"):
+            write_evaluation(result, config.output, config.overwrite, protected_paths(config.model))
+        result.output = config.output
     return result

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from lsa_framework.data.windows import evaluation_ids
+from lsa_framework.data.windows import evaluation_ids, fit_seqlen, model_context
 from lsa_framework.errors import BadInputError
 from lsa_framework.hookspecs import hookimpl
 from lsa_framework.types import EvalContext, PluginOptions
@@ -27,6 +27,21 @@ class PerplexityOptions(PluginOptions):
     batch_size: int = Field(default=4, gt=0)
 
 
+#: Memory the logits of one evaluation batch may take (float32 logits plus their log-softmax).
+LOGITS_BUDGET_BYTES = 1 << 30
+
+
+def windows_per_batch(seqlen: int, vocab: int, batch_size: int, budget: int = LOGITS_BUDGET_BYTES) -> int:
+    """How many windows fit ``budget`` (at least one): the logits of a batch, not the windows, set the peak."""
+    per_window = seqlen * vocab * 4 * 2
+    if per_window > 4 * budget:
+        raise BadInputError(
+            f"One perplexity window of {seqlen} tokens over a {vocab}-token vocabulary needs "
+            f"{per_window / 2**30:.1f} GiB for its logits; pass a shorter --eval-opt perplexity.seqlen."
+        )
+    return max(1, min(batch_size, budget // per_window))
+
+
 def perplexity(model: Any, ids: torch.Tensor, seqlen: int, batch_size: int) -> float:
     """exp of the mean next-token NLL over non-overlapping windows of ``ids`` (shape (1, N))."""
     windows = ids.shape[1] // seqlen
@@ -35,6 +50,8 @@ def perplexity(model: Any, ids: torch.Tensor, seqlen: int, batch_size: int) -> f
             f"The evaluation text has {ids.shape[1]} tokens, fewer than one window of {seqlen}; "
             "use a shorter seqlen or more evaluation text."
         )
+    vocab = int(getattr(model.config, "vocab_size", 0) or 1)
+    batch_size = windows_per_batch(seqlen, vocab, batch_size)
     chunks = ids[0, : windows * seqlen].view(windows, seqlen)
     total_nll = 0.0
     with torch.no_grad():
@@ -52,12 +69,26 @@ def perplexity(model: Any, ids: torch.Tensor, seqlen: int, batch_size: int) -> f
 class PerplexityEvaluator:
     name: ClassVar[str] = "perplexity"
     Options: ClassVar[type[PluginOptions]] = PerplexityOptions
+    capabilities: ClassVar[frozenset[str]] = frozenset({"check"})
 
     def __init__(self, options: PerplexityOptions | None = None) -> None:
         self.options = options or PerplexityOptions()
 
+    def check(self, config: Any) -> None:
+        """Refuse, before any pruning, a token budget that cannot hold a single window."""
+        window = self.options.seqlen or config.seqlen
+        if self.options.max_tokens is not None and self.options.max_tokens < window:
+            raise BadInputError(
+                f"perplexity.max_tokens={self.options.max_tokens} is less than one window of {window} tokens; "
+                f"raise it to at least {window} or set a shorter perplexity.seqlen."
+            )
+
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, float]:
-        seqlen = self.options.seqlen or context.config.seqlen
+        if self.options.seqlen is not None:
+            seqlen, _ = fit_seqlen(self.options.seqlen, model_context(model), True, "perplexity.seqlen")
+        else:
+            asked = context.seqlen or context.config.seqlen
+            seqlen, _ = fit_seqlen(asked, model_context(model), False)
         documents = context.dataset.documents("evaluation")
         ids = evaluation_ids(tokenizer, documents, self.options.max_tokens)
         value = perplexity(model, ids, seqlen, self.options.batch_size)

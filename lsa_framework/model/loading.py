@@ -10,9 +10,6 @@ is converted once into a plain safetensors folder in the cache and loaded from t
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,9 @@ from lsa_framework.data import cache_dir
 from lsa_framework.errors import BadInputError
 from lsa_framework.model.layout import find_layout
 from lsa_framework.model.offload import DiskLayers, load_offloaded
+from lsa_framework.storage.atomic import staged_folder
+from lsa_framework.storage.guard import Protected, check_replaceable, write_marker
+from lsa_framework.storage.identity import model_digest
 from lsa_framework.types import Layout
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -44,6 +44,11 @@ class LoadedModel:
         layout = find_layout(self.model)
         return layout if self.disk is None else replace(layout, resident=self.disk.resident)
 
+    def digest(self) -> str:
+        """A content hash of the weights the model was read from (see :mod:`lsa_framework.storage.identity`)."""
+        path = weights_location(self.source)
+        return model_digest(path) if path is not None else ""
+
     def place(self, device: torch.device) -> None:
         """Put the model on ``device`` for evaluation (offloaded layers load there when used)."""
         if self.disk is None:
@@ -56,6 +61,12 @@ class LoadedModel:
             self.model.save_pretrained(folder)
         else:
             self.disk.save(folder)
+
+
+def spec_digest(spec: str) -> str:
+    """The content hash of the model ``spec`` names, without loading it ("" for an uncached hub id)."""
+    path = default_model_dir() if spec == DEFAULT_MODEL else weights_location(spec)
+    return model_digest(path) if path is not None else ""
 
 
 def _smollm2_gguf() -> Path:
@@ -91,19 +102,25 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     return model.to(dtype), tokenizer
 
 
+#: The marker kind of a model folder lsaf converted into its cache (or a benchmark wrote).
+MODEL_KIND = "model"
+
+
 def save_model_atomically(model: Any, tokenizer: Any, target: Path, max_shard_size: str | None = None) -> None:
-    """save_pretrained into a temporary sibling, then rename: never a half-written model folder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    """save_pretrained into a temporary sibling, then rename: never a half-written model folder.
+
+    An existing ``target`` is replaced only when lsaf wrote it (a cached conversion, say)."""
+
+    def replace(existing: Path) -> None:
+        if any(existing.iterdir()):
+            check_replaceable(existing, MODEL_KIND, flag="the model folder")
+
+    with staged_folder(target, lambda tmp: write_marker(tmp, MODEL_KIND), replace) as tmp:
         if max_shard_size is None:
             model.save_pretrained(tmp)
         else:
             model.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def default_model_dir() -> Path:
@@ -149,6 +166,31 @@ def _load_tokenizer(folder: Path) -> Any:
 def _looks_like_path(spec: str) -> bool:
     # A hub id is "name" or "org/name"; anything else with a slash is meant as a path.
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+
+
+def weights_location(source: str) -> Path | None:
+    """The local file or folder holding ``source``'s weights (a hub id: its cached snapshot, if any)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception:
+        return None
+
+
+def protected_paths(spec: str) -> list[Protected]:
+    """What an output must never be, lie inside or contain, for the model ``spec``: its own files."""
+    path = Path(spec).expanduser()
+    if spec != DEFAULT_MODEL and path.exists():
+        return [Protected(path.resolve(), "the model being read")]
+    if spec == DEFAULT_MODEL or _looks_like_path(spec):
+        return []  # the default model lives in lsaf's cache, which is always protected
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return [Protected(Path(HF_HUB_CACHE).resolve(), "the Hugging Face cache holding the model")]
 
 
 def checkpoint_folder(spec: str) -> Path:

@@ -59,8 +59,18 @@ def tensor_files(folder: Path) -> dict[str, Path]:
     """Which safetensors file of ``folder`` holds each tensor (sharded or single-file checkpoints)."""
     index = folder / INDEX_FILE
     if index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        return {key: folder / name for key, name in weight_map.items()}
+        try:
+            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError):
+            raise BadInputError(f"{index} is not a readable weight index; save the model again.") from None
+        files = {key: folder / name for key, name in weight_map.items()}
+        missing = sorted({path.name for path in files.values() if not path.is_file()})
+        if missing:
+            raise BadInputError(
+                f"{folder} lacks the weight shard {missing[0]} named in {INDEX_FILE} ({len(missing)} missing); "
+                "restore the model folder or save it again."
+            )
+        return files
     single = folder / SINGLE_FILE
     if single.is_file():
         return dict.fromkeys(tensorfile.tensor_names(single), single)

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import torch
 
 from lsa_framework.errors import BadInputError
+from lsa_framework.storage.atomic import write_file
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -41,13 +42,37 @@ def read_header(f: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:
         header = json.loads(f.read(size))
     except ValueError as exc:
         raise BadInputError(f"{path} is not a readable safetensors file ({exc}); re-save the model.") from exc
+    if not isinstance(header, dict):
+        raise BadInputError(f"{path} is not a readable safetensors file (no header); re-save the model.")
     return header, 8 + size
 
 
+def _open(path: Path, buffering: int = -1) -> Any:
+    try:
+        return open(path, "rb", buffering=buffering)
+    except FileNotFoundError:
+        raise BadInputError(f"The weight file {path} is missing; restore the model folder or save it again.") from None
+    except OSError as exc:
+        raise BadInputError(f"The weight file {path} cannot be read ({exc.strerror}); check it.") from None
+
+
 def tensor_names(path: Path) -> list[str]:
-    with open(path, "rb") as f:
+    with _open(path) as f:
         header, _ = read_header(f, path)
     return [name for name in header if name != "__metadata__"]
+
+
+def check_complete(path: Path) -> None:
+    """Raise unless ``path`` has a readable header and all the data it announces (cheap: no data read)."""
+    with _open(path) as f:
+        header, base = read_header(f, path)
+        size = f.seek(0, os.SEEK_END)
+    try:
+        end = max((int(info["data_offsets"][1]) for name, info in header.items() if name != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise BadInputError(f"{path} has a malformed safetensors header; re-save the model.") from None
+    if base + end > size:
+        raise BadInputError(f"{path} is truncated ({size} of {base + end} bytes); re-save the model.")
 
 
 def _bytes_of(tensor: torch.Tensor) -> memoryview:
@@ -59,7 +84,7 @@ def _bytes_of(tensor: torch.Tensor) -> memoryview:
 def read_tensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
     """The named tensors of one file, each read directly into a fresh tensor."""
     tensors: dict[str, torch.Tensor] = {}
-    with open(path, "rb", buffering=0) as f:
+    with _open(path, buffering=0) as f:
         header, base = read_header(f, path)
         for name in names:
             info = header.get(name)
@@ -83,7 +108,7 @@ def read_tensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` as a safetensors file at ``path`` (via a temporary name, then rename)."""
+    """Write ``tensors`` as a safetensors file at ``path``, atomically."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     header: dict[str, Any] = {"__metadata__": metadata or {}}
     offset = 0
@@ -97,11 +122,13 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # data aligned to 8 bytes, as the format recommends
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(len(encoded).to_bytes(8, "little"))
-        f.write(encoded)
-        for tensor in cpu.values():
-            if tensor.numel():
-                f.write(_bytes_of(tensor))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(len(encoded).to_bytes(8, "little"))
+            f.write(encoded)
+            for tensor in cpu.values():
+                if tensor.numel():
+                    f.write(_bytes_of(tensor))
+
+    write_file(path, write)

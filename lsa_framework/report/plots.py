@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lsa_framework.storage.atomic import write_file
+
 
 def plot_sparsity_profile(runs: Mapping[str, Sequence[Any]], path: Path) -> None:
     """``runs`` maps a label to its unit records (``layer``, ``name``, ``sparsity``, ``numel``)."""
@@ -28,5 +30,5 @@ def plot_sparsity_profile(runs: Mapping[str, Sequence[Any]], path: Path) -> None
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -65,7 +65,7 @@ def test_grid_shares_work_matches_single_runs_and_resumes(grid: GridConfig, tiny
     assert len(store.records) == 12
     assert second.passes.count("scoring") == 0  # scores were saved with the first run
 
-    records = store.records
+    records = store.by_id()
     # uniform gives the same allocation at every granularity: pruned once, reused
     uniform_block = records[f"{grid.models[0]}|uniform|block|wanda|0.7|unstructured"]
     assert uniform_block["reused_from"] == f"{grid.models[0]}|uniform|layer|wanda|0.7|unstructured"

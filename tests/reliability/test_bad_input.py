@@ -17,6 +17,7 @@ from lsa_framework import hookimpl, registry
 from lsa_framework.cli import app
 from lsa_framework.config import RunConfig, build_config
 from lsa_framework.errors import BadInputError
+from lsa_framework.storage.guard import write_marker
 from tests.conftest import make_tiny_llama, make_tokenizer
 from tests.fakes import quick_run_args
 
@@ -35,7 +36,7 @@ FIELD_CASES: dict[str, list[object]] = {
     "seqlen": [1.5, 0],
     "seed": ["zero"],
     "batch_size": [0],
-    "eval": ["perplexity", ["perplexityy"]],
+    "eval": [5, ["perplexityy"], "perplexity,nope"],
     "scorer_opts": [{"group_size": -1}, {"unknown_option": 1}],
     "allocator_opts": [{"anything": 1}],
     "pruner_opts": [{"percdamp": "lots"}],
@@ -159,6 +160,7 @@ def test_failing_third_party_scorer_is_named_and_output_untouched(tiny_model_dir
     out = tmp_path / "out"
     out.mkdir()
     (out / "run.json").write_text("previous")
+    write_marker(out, "run")  # a previous lsaf output, which --overwrite may replace
     try:
         args = quick_run_args(tiny_model_dir, tiny_text_file, out)
         args[args.index("--scorer") + 1] = "exploding"
