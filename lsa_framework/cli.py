@@ -1,16 +1,22 @@
 """The ``lsaf`` command line: thin wrappers that build a RunConfig and call the Python API.
 
-lsaf run --scorer lse --pruner wanda --sparsity 0.7 --output out/lsa-70
-lsaf list pruners
+    lsaf run --scorer lse --pruner wanda --sparsity 0.7 --output out/lsa-70
+    lsaf eval out/lsa-70/model
+    lsaf bench --config grid.yaml --output results/
+    lsaf apply out/lsa-70/masks --model smollm2-135m --output rebuilt
+    lsaf list pruners --options
+
+The ``run`` and ``eval`` flags are generated from ``RunConfig`` (:mod:`lsa_framework.cli_options`).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lsa_framework.bench.runner import BenchObserver
-from lsa_framework.engine.pipeline import Observer
+from lsa_framework.cli_options import config_parameters, shortcut_parameters, values_from_flags
+from lsa_framework.engine.observer import Observer
 from lsa_framework.errors import BadInputError, LsafError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune LLMs with layer-wise sparsity allocation.")
@@ -59,6 +66,8 @@ def _command(debug: bool, observer: Observer | None = None, resumable: bool = Fa
         hint = "; rerun with --resume to continue" if resumable else ""
         console.print(f"interrupted; the previous output, if any, is untouched{hint}", highlight=False)
         raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+    finally:
+        _stop_display(observer)
 
 
 def _stop_display(observer: Observer | None) -> None:
@@ -68,32 +77,8 @@ def _stop_display(observer: Observer | None) -> None:
     console.show_cursor(True)
 
 
-def _collect_cli_values(**flags: Any) -> dict[str, Any]:
-    """Flags the user actually gave (None means not given) as RunConfig fields."""
-    from lsa_framework.config import parse_key_values
-
-    values = {k: v for k, v in flags.items() if v is not None and not k.endswith("_opt")}
-    for kind in ("scorer", "allocator", "pruner", "calibration"):
-        items = flags.get(f"{kind}_opt")
-        if items:
-            values[f"{kind}_opts"] = parse_key_values(items, f"--{kind}-opt")
-    if flags.get("eval_opt"):
-        eval_opts: dict[str, dict[str, Any]] = {}
-        for key, value in parse_key_values(flags["eval_opt"], "--eval-opt").items():
-            evaluator, dot, option = key.partition(".")
-            if not dot:
-                from lsa_framework.errors import BadInputError
-
-                raise BadInputError(f"--eval-opt {key}=... needs the evaluator: write it like perplexity.{key}=...")
-            eval_opts.setdefault(evaluator, {})[option] = value
-        values["eval_opts"] = eval_opts
-    if "eval" in values:
-        values["eval"] = [e.strip() for e in values["eval"].split(",") if e.strip()]
-    return values
-
-
 class _RichObserver(Observer):
-    """Per-pass progress bars, layer as the unit, on stderr."""
+    """One progress bar per pass (the layer as the unit) on stderr, shown once and kept when done."""
 
     def __init__(self, quiet: bool) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -118,6 +103,7 @@ class _RichObserver(Observer):
 
     def end_pass(self) -> None:
         self.progress.stop()
+        self.task = None
 
     def message(self, text: str) -> None:
         if not self.quiet:
@@ -146,22 +132,27 @@ class _RichBenchObserver(_RichObserver, BenchObserver):
             console.print(f"[dim]{cell.id} done in {seconds:.0f} s[/]")
 
 
-def _headline(metrics: dict[str, float]) -> dict[str, float]:
-    from lsa_framework.report.markdown import headline_metrics
-
-    return headline_metrics(metrics)
+def _metric_rows(result: Any) -> list[tuple[str, str, str]]:
+    """(metric, dense, pruned) for every evaluator's headline metric, in --eval order."""
+    rows = []
+    for metric, _ in result.headlines.values():
+        if metric in result.metrics:
+            dense = result.dense_metrics.get(metric)
+            rows.append((metric, "" if dense is None else f"{dense:.4f}", f"{result.metrics[metric]:.4f}"))
+    return rows
 
 
 def _print_result(result: Any) -> None:
     c = result.config
     table = Table(title=f"{c.scorer} + {c.allocator} + {c.pruner} @ {c.target_sparsity:g} ({c.pattern}) on {c.model}")
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in _headline(result.metrics).items():
-        table.add_row(key, f"{value:.4f}")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    for row in _metric_rows(result):
+        table.add_row(*row)
     for key, value in result.timings.items():
-        table.add_row(f"time.{key} (s)", f"{value:.1f}")
-    table.add_row("peak RSS (MB)", f"{max(result.peak_rss_mb.values(), default=0):.0f}")
+        table.add_row(f"time.{key} (s)", "", f"{value:.1f}")
+    table.add_row("peak RSS (MB)", "", f"{max(result.peak_rss_mb.values(), default=0):.0f}")
     out.print(table)
     spars = [u.sparsity for u in result.units]
     if spars:
@@ -170,129 +161,91 @@ def _print_result(result: Any) -> None:
         out.print(f"output written to {result.output}")
 
 
-@app.command()
-def run(
-    config: Annotated[Path | None, typer.Option(help="YAML/TOML/JSON file of settings; flags override it.")] = None,
-    model: Annotated[str | None, typer.Option(help="smollm2-135m, a model folder, a .gguf file or a hub id.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
-    scorer: Annotated[str | None, typer.Option(help="Unit importance scorer (default lse).")] = None,
-    allocator: Annotated[str | None, typer.Option(help="layer, block or projection (default layer).")] = None,
-    pruner: Annotated[str | None, typer.Option(help="magnitude, wanda or sparsegpt (default wanda).")] = None,
-    sparsity: Annotated[float | None, typer.Option(help="Target fraction of pruned weights, in [0, 1).")] = None,
-    pattern: Annotated[str | None, typer.Option(help="unstructured, 2:4 or 4:8.")] = None,
-    calibration: Annotated[str | None, typer.Option(help="builtin, wikitext2, c4, or a .txt/.jsonl file.")] = None,
-    nsamples: Annotated[int | None, typer.Option(help="Calibration sequences (default 128).")] = None,
-    seqlen: Annotated[int | None, typer.Option(help="Tokens per calibration sequence (default 2048).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the calibration sampling.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Calibration sequences per forward.")] = None,
-    eval: Annotated[str | None, typer.Option(help="Comma-separated evaluators, e.g. perplexity,sparsity.")] = None,
-    scorer_opt: Annotated[list[str] | None, typer.Option(help="Scorer option KEY=VALUE (repeatable).")] = None,
-    allocator_opt: Annotated[list[str] | None, typer.Option(help="Allocator option KEY=VALUE.")] = None,
-    pruner_opt: Annotated[list[str] | None, typer.Option(help="Pruner option KEY=VALUE.")] = None,
-    calibration_opt: Annotated[list[str] | None, typer.Option(help="Dataset option KEY=VALUE.")] = None,
-    eval_opt: Annotated[list[str] | None, typer.Option(help="Evaluator option NAME.KEY=VALUE.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Folder for model/, run.json, report.md, plots.")] = None,
-    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing --output.")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume", help="Continue an interrupted run into --output.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores).")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or auto (layer by layer).")] = None,
-    pipeline: Annotated[
-        str | None,
-        typer.Option(help="sequential (the papers) or basic (prune from the dense model's statistics: one pass)."),
-    ] = None,
-    offload: Annotated[
-        str | None, typer.Option(help="disk: decoder layers stay in the safetensors files (models > memory).")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print run.json to stdout instead of a table.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-) -> None:
+def _with_signature(function: Callable[..., Any], parameters: list[inspect.Parameter]) -> Callable[..., Any]:
+    """Give a ``**kwargs`` command function the options typer should build."""
+    function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    function.__annotations__ = {p.name: p.annotation for p in parameters}
+    return function
+
+
+def _flag(name: str, annotation: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=annotation)
+
+
+QUIET = _flag("quiet", Annotated[bool, typer.Option("--quiet", help="No progress bars.")])
+DEBUG = _flag("debug", Annotated[bool, typer.Option("--debug", help="Show tracebacks.")])
+AS_JSON = _flag("as_json", Annotated[bool, typer.Option("--json", help="Print run.json to stdout instead of a table.")])
+
+RUN_FIELDS = [
+    "model", "dtype", "scorer", "allocator", "pruner", "sparsity", "pattern", "calibration", "nsamples", "seqlen",
+    "seed", "batch_size", "eval", "eval_dense", "export", "scorer_opts", "allocator_opts", "pruner_opts",
+    "calibration_opts", "eval_opts", "export_opts", "output", "overwrite", "resume", "threads", "device", "pipeline",
+    "offload",
+]  # fmt: skip
+EVAL_FIELDS = ["dtype", "calibration", "calibration_opts", "seqlen", "eval", "eval_opts", "output", "overwrite",
+               "threads", "device"]  # fmt: skip
+
+
+def _run(**flags: Any) -> None:
     """Score, allocate, prune, evaluate and save a causal LM."""
-    observer = _RichObserver(quiet or as_json)
-    with _command(debug, observer, resumable=output is not None):
+    observer = _RichObserver(flags["quiet"] or flags["as_json"])
+    with _command(flags["debug"], observer, resumable=flags.get("output") is not None):
         from lsa_framework.config import build_config, load_config_file
         from lsa_framework.engine.pipeline import run as run_pipeline
 
-        values = load_config_file(config) if config else {}
-        values.update(
-            _collect_cli_values(
-                model=model,
-                dtype=dtype,
-                scorer=scorer,
-                allocator=allocator,
-                pruner=pruner,
-                sparsity=sparsity,
-                pattern=pattern,
-                calibration=calibration,
-                nsamples=nsamples,
-                seqlen=seqlen,
-                seed=seed,
-                batch_size=batch_size,
-                eval=eval,
-                scorer_opt=scorer_opt,
-                allocator_opt=allocator_opt,
-                pruner_opt=pruner_opt,
-                calibration_opt=calibration_opt,
-                eval_opt=eval_opt,
-                output=output,
-                overwrite=overwrite,
-                resume=resume,
-                threads=threads,
-                device=device,
-                pipeline=pipeline,
-                offload=offload,
-            )
-        )
-        run_config = build_config(values)
-        result = run_pipeline(run_config, observer)
-    if as_json:
+        values = load_config_file(flags["config"]) if flags.get("config") else {}
+        values.update(values_from_flags(flags))
+        result = run_pipeline(build_config(values), observer)
+    if flags["as_json"]:
         out.print_json(json.dumps(result.to_json()))
     else:
         _print_result(result)
 
 
-@app.command("eval")
-def eval_command(
-    model: Annotated[str, typer.Argument(help="A model folder (ours or any HF model), .gguf file, hub id or alias.")],
-    eval: Annotated[str, typer.Option(help="Comma-separated evaluators.")] = "perplexity,sparsity",
-    tasks: Annotated[str | None, typer.Option(help="Zero-shot tasks, comma-separated (or 'paper').")] = None,
-    calibration: Annotated[str, typer.Option(help="Text source whose evaluation split is used.")] = "builtin",
-    seqlen: Annotated[int | None, typer.Option(help="Perplexity window length (default 2048 or the context).")] = None,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
-    eval_opt: Annotated[list[str] | None, typer.Option(help="Evaluator option NAME.KEY=VALUE.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Folder for run.json and report.md.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an --output lsaf wrote.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-) -> None:
+CONFIG = inspect.Parameter(
+    "config",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[Path | None, typer.Option(help="YAML/TOML/JSON file of settings; flags override it.")],
+)
+app.command("run")(
+    _with_signature(_run, [CONFIG, *config_parameters(RUN_FIELDS), *shortcut_parameters(), QUIET, AS_JSON, DEBUG])
+)
+
+
+def _eval(**flags: Any) -> None:
     """Evaluate a model as it is, without pruning it."""
-    observer = _RichObserver(as_json)
-    with _command(debug, observer):
+    observer = _RichObserver(flags["quiet"] or flags["as_json"])
+    with _command(flags["debug"], observer):
         from lsa_framework.config import build_config
         from lsa_framework.engine.pipeline import evaluate_model
 
-        values = _collect_cli_values(
-            model=model,
-            eval=eval,
-            calibration=calibration,
-            seqlen=seqlen,
-            dtype=dtype,
-            eval_opt=eval_opt,
-            output=output,
-            overwrite=overwrite or None,
-        )
-        if tasks:
-            values.setdefault("eval_opts", {}).setdefault("zeroshot", {})["tasks"] = tasks.split(",")
-        result = evaluate_model(build_config({**values, "scorer": "uniform"}), observer)
-    if as_json:
+        values = {"model": flags["model"], **values_from_flags(flags)}
+        result = evaluate_model(build_config(values), observer)
+    if flags["as_json"]:
         out.print_json(json.dumps(result.metrics))
         return
-    table = Table(title=f"{model}")
+    table = Table(title=str(flags["model"]))
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in _headline(result.metrics).items():
-        table.add_row(key, f"{value:.4f}")
+    for metric, value in result.headline_values().items():
+        table.add_row(metric, f"{value:.4f}")
     out.print(table)
+
+
+MODEL_ARGUMENT = inspect.Parameter(
+    "model",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    annotation=Annotated[
+        str, typer.Argument(help="A model folder (ours or any HF model), .gguf file, hub id or alias.")
+    ],
+)
+EVAL_JSON = _flag("as_json", Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")])
+app.command("eval")(
+    _with_signature(
+        _eval, [MODEL_ARGUMENT, *config_parameters(EVAL_FIELDS), *shortcut_parameters(), QUIET, EVAL_JSON, DEBUG]
+    )
+)
 
 
 @app.command()
@@ -323,23 +276,70 @@ def bench(
     out.print(f"{len(store.records)} cells in {output}")
 
 
+@app.command()
+def apply(
+    masks: Annotated[Path, typer.Argument(help="The masks/ folder of an lsaf run made with --export masks.")],
+    model: Annotated[str, typer.Option(help="The base model the masks were made for (its hash is checked).")],
+    output: Annotated[Path, typer.Option(help="Folder for model/, run.json and report.md.")],
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an --output lsaf wrote.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Rebuild a pruned model from its masks and the base model."""
+    with _command(debug):
+        from lsa_framework.exporters.masks import apply_masks
+
+        result = apply_masks(masks, model, output, overwrite, dtype)
+    out.print(f"sparsity {result.metrics['sparsity']:.4f}; model written to {result.output}")
+
+
+def _options_table(kind: str, name: str, cls: Any) -> Table:
+    table = Table("option", "type", "default", "description", title=f"{kind[:-1]} {name}")
+    options = getattr(cls, "Options", None)
+    for option, field in options.model_fields.items() if options is not None else []:
+        default = field.get_default(call_default_factory=True)
+        annotation = str(field.annotation).replace("typing.", "").replace("pathlib.", "")
+        table.add_row(option, annotation, repr(default), field.description or "")
+    return table
+
+
 @app.command("list")
 def list_plugins(
     kind: Annotated[
-        str | None, typer.Argument(help="scorers, allocators, pruners, evaluators, datasets, architectures")
+        str | None,
+        typer.Argument(
+            help="scorers, allocators, pruners, evaluators, datasets, architectures, exporters or statistics"
+        ),
     ] = None,
+    name: Annotated[str | None, typer.Argument(help="One plugin of KIND: show its options.")] = None,
+    options: Annotated[bool, typer.Option("--options", help="Show every plugin's options.")] = False,
 ) -> None:
-    """Every registered plugin by kind, with the package it came from."""
+    """Every registered plugin by kind, with the package it came from (and, asked, its options)."""
     from lsa_framework import registry
 
-    kinds = list(registry.KINDS) if kind is None else [kind]
-    if kind is not None and kind not in registry.KINDS:
-        _fail(BadInputError(f"Unknown plugin kind {kind!r}; use one of {', '.join(registry.KINDS)}."), False)
-    table = Table("kind", "name", "package", "version")
-    for k in kinds:
-        for entry in registry.collect(k).values():
-            table.add_row(k, entry.name, entry.distribution, entry.version)
-    out.print(table)
+    with _command(False):
+        if kind is not None and kind not in registry.KINDS:
+            raise BadInputError(f"Unknown plugin kind {kind!r}; use one of {', '.join(registry.KINDS)}.")
+        if kind is not None and name is not None:
+            entry = registry.lookup(kind, name)
+            out.print(f"{kind[:-1]} {entry.name} from {entry.distribution} {entry.version}")
+            module = inspect.getmodule(entry.cls)
+            doc = entry.cls.__doc__ or (module.__doc__ if module is not None else None)
+            if doc:
+                out.print(inspect.cleandoc(doc).split("\n\n")[0])
+            out.print(_options_table(kind, entry.name, entry.cls))
+            return
+        kinds = list(registry.KINDS) if kind is None else [kind]
+        table = Table("kind", "name", "package", "version")
+        for k in kinds:
+            for entry in registry.collect(k).values():
+                table.add_row(k, entry.name, entry.distribution, entry.version)
+        out.print(table)
+        if options:
+            for k in kinds:
+                for entry in registry.collect(k).values():
+                    if getattr(entry.cls, "Options", None) is not None and entry.cls.Options.model_fields:
+                        out.print(_options_table(k, entry.name, entry.cls))
 
 
 def main() -> None:

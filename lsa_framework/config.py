@@ -43,12 +43,19 @@ class RunConfig(BaseModel):
     seqlen: int = Field(default=2048, gt=0)
     seed: int = 0
     batch_size: int = Field(default=8, gt=0, description="Calibration sequences per forward.")
-    eval: list[str] = Field(default_factory=lambda: ["perplexity", "sparsity"])
+    eval: list[str] = Field(default_factory=lambda: ["perplexity", "sparsity"], description="Evaluators to run.")
+    eval_dense: bool = Field(
+        default=True, description="Also evaluate the dense model (cached by its content hash), for dense → pruned."
+    )
+    export: list[str] = Field(
+        default_factory=lambda: ["safetensors"], description="Exporters that write the output folder's parts."
+    )
     scorer_opts: dict[str, Any] = Field(default_factory=dict)
     allocator_opts: dict[str, Any] = Field(default_factory=dict)
     pruner_opts: dict[str, Any] = Field(default_factory=dict)
     calibration_opts: dict[str, Any] = Field(default_factory=dict)
     eval_opts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    export_opts: dict[str, dict[str, Any]] = Field(default_factory=dict)
     output: Path | None = None
     overwrite: bool = False
     resume: bool = Field(default=False, description="Continue an interrupted run with the same settings and output.")
@@ -71,7 +78,7 @@ class RunConfig(BaseModel):
             raise ValueError(f"expected a number, got {str(value).lower()}")
         return value
 
-    @field_validator("eval", mode="before")
+    @field_validator("eval", "export", mode="before")
     @classmethod
     def _eval_from_text(cls, value: Any) -> Any:
         # the same comma-separated text as `--eval perplexity,sparsity`

@@ -27,7 +27,7 @@ def lsaf_register_scorers(register: Any) -> None:
 
     A scorer class (protocol :class:`lsa_framework.types.Scorer`) has a ``name`` (what ``--scorer``
     takes), an ``Options`` model (a :class:`~lsa_framework.types.PluginOptions` subclass), ``needs``
-    (the statistics it reads, a subset of ``{"input_sq_norm", "gram"}``; empty skips the scoring
+    (the names of the registered statistics it reads, e.g. ``{"gram"}``; empty skips the scoring
     pass), ``score(unit, stats) -> float`` called once per unit on the dense model, and
     ``finish(values, target, granularity) -> Scores`` that adds the direction and spread.
 
@@ -93,9 +93,37 @@ def lsaf_register_datasets(register: Any) -> None:
 def lsaf_register_architectures(register: Any) -> None:
     """Register architecture classes that find the layout of a model: call ``register(cls)``.
 
-    An architecture class has a ``name``, ``matches(model) -> bool`` and
-    ``layout(model) -> Layout`` (the decoder layers and their prunable linears, see
-    :class:`lsa_framework.types.Layout`). The first architecture that matches a model is used.
+    The layout (decoder layers, prunable linears, input groups, attention/MLP blocks) is found
+    generically from the module tree and one traced call. An architecture class (protocol
+    :class:`lsa_framework.types.Architecture`) corrects only what that cannot tell: it has a
+    ``name``, ``matches(model) -> bool`` and ``refine(model, layout) -> Layout``. Every matching
+    architecture refines the layout, in registration order.
+
+    :param register: callable taking one plugin class; the core checks the name and keeps the first.
+    """
+
+
+@hookspec
+def lsaf_register_exporters(register: Any) -> None:
+    """Register exporters, which write parts of the output folder: call ``register(cls)`` once for each.
+
+    An exporter class (protocol :class:`lsa_framework.types.Exporter`) has a ``name`` (what ``--export``
+    lists), ``Options`` and ``export(context, folder)``, which writes into ``folder`` (the output's
+    ``<name>/`` subfolder, inside the temporary folder that is renamed into place at the end) from an
+    :class:`~lsa_framework.types.ExportContext`.
+
+    :param register: callable taking one plugin class; the core checks the name and keeps the first.
+    """
+
+
+@hookspec
+def lsaf_register_statistics(register: Any) -> None:
+    """Register activation statistics that scorers and pruners may name in ``needs``: call ``register(cls)``.
+
+    A statistic class (protocol :class:`lsa_framework.types.Statistic`) has a ``name``,
+    ``__init__(in_features, device)``, ``add(x, batch)`` receiving every batch of one input group's
+    inputs as (tokens, in_features) float32, and ``result(nsamples, ntokens) -> Tensor``. The engine
+    gathers each needed statistic once per input group, in the same forward as the others.
 
     :param register: callable taking one plugin class; the core checks the name and keeps the first.
     """

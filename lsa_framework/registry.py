@@ -24,9 +24,10 @@ import pluggy
 
 from lsa_framework import hookspecs
 from lsa_framework.errors import UnknownPluginError
+from lsa_framework.types import contract_problems
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "lsa_framework.model.llama",
+    "lsa_framework.engine.statistics",
     "lsa_framework.data.builtin",
     "lsa_framework.data.files",
     "lsa_framework.data.hub",
@@ -41,6 +42,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lsa_framework.evaluators.perplexity",
     "lsa_framework.evaluators.sparsity",
     "lsa_framework.evaluators.zeroshot",
+    "lsa_framework.exporters.safetensors",
+    "lsa_framework.exporters.masks",
 )
 
 #: kind -> the registration hook that fills it
@@ -51,6 +54,8 @@ KINDS: dict[str, str] = {
     "evaluators": "lsaf_register_evaluators",
     "datasets": "lsaf_register_datasets",
     "architectures": "lsaf_register_architectures",
+    "exporters": "lsaf_register_exporters",
+    "statistics": "lsaf_register_statistics",
 }
 
 BUILTIN_DISTRIBUTION = "lsa-framework"
@@ -144,6 +149,15 @@ def collect(kind: str, pm: pluggy.PluginManager | None = None) -> dict[str, Regi
             if not isinstance(name, str) or not name:
                 warnings.warn(
                     f"A {kind[:-1]} from package {_dist!r} has no name; it is skipped.",
+                    PluginLoadWarning,
+                    stacklevel=2,
+                )
+                return
+            problems = contract_problems(kind, cls)
+            if problems:
+                warnings.warn(
+                    f"The {kind[:-1]} {name!r} from package {_dist!r} does not fulfil the {kind[:-1]} contract "
+                    f"({'; '.join(problems)}); it is skipped.",
                     PluginLoadWarning,
                     stacklevel=2,
                 )

@@ -1,55 +1,108 @@
-"""The public types plugin authors build on.
+"""The public types plugin authors build on, and the contract of every plugin kind.
 
-A model is seen through its :class:`Layout`: decoder layers, each with its linears, and each linear
-tagged with its block (``attention``/``mlp``), its projection (``q``, ``k``, ... ``down``) and the
-input group it shares an input with (q/k/v read the same tensor, so do gate/up). An allocator cuts the
-layout into :class:`Unit` s; a scorer scores units from the :class:`LinearStats` the engine gathered;
-a pruner prunes one linear from its stats. The four plugin kinds are the Protocols at the bottom.
+A model is seen through its :class:`Layout`: decoder layers, each with its prunable linears, and each
+linear tagged with its block (``attention``/``mlp``), its projection (a short name such as ``q`` or
+``down``) and the input group it shares an input with (q/k/v read the same tensor, so do gate/up). An
+allocator cuts the layout into :class:`Unit` s; a scorer scores units from the :class:`LinearStats`
+the engine gathered; a pruner prunes one linear from its stats.
+
+Every plugin kind is a Protocol below. The registry checks a class against its kind's Protocol when
+it is registered (a missing method or attribute is reported then, naming the package), and the
+engine calls plugins only through these methods. Optional capabilities are *declared* in a class
+attribute ``capabilities`` (e.g. a pruner's ``{"prune_group"}``), never probed for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from lsa_framework.errors import BadInputError
 
-#: Statistics a plugin may ask the engine for (``needs``).
-#: ``input_sq_norm``: Σ_tokens x_j² per input channel, divided by the number of sequences (Wanda's
-#: ``scaler_row``); ``gram``: H = (2/n) Σ XᵀX over all calibration tokens, n = number of sequences
-#: (SparseGPT's Hessian).
-STAT_NAMES = frozenset({"input_sq_norm", "gram"})
+if TYPE_CHECKING:
+    import torch
 
 Block = Literal["attention", "mlp"]
 
 
 @dataclass(frozen=True)
 class LinearInfo:
-    """One prunable linear of a decoder layer."""
+    """One prunable weight matrix of a decoder layer.
 
-    name: str  # full module name, e.g. "model.layers.3.self_attn.q_proj"
+    Usually an ``nn.Linear``; the engine also handles transformers' ``Conv1D`` (GPT-2), whose weight
+    is stored (in, out), and slices of fused 3-D expert parameters. :attr:`weight` is always the
+    (out_features, in_features) view that pruners and scorers work on; writing into it writes the model.
+    """
+
+    name: str  # full name, e.g. "model.layers.3.self_attn.q_proj"
     layer: int  # index of its decoder layer
     block: Block
-    projection: str  # "q", "k", "v", "o", "gate", "up", "down"
+    projection: str  # short name unique within the layer: "q", "k", ..., "down", "c_attn", ...
     input_group: str  # linears with the same input_group read the same input tensor
-    module: torch.nn.Linear = field(repr=False, compare=False, hash=False)
+    module: Any = field(repr=False, compare=False, hash=False)  # the module holding the parameter
+    parameter: str = "weight"  # the module's attribute holding the matrix
+    transposed: bool = False  # stored as (in, out) (Conv1D)
+    index: int | None = None  # a slice of a stacked parameter (one expert of fused experts)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The (out, in) weight, a view of the model's parameter (looked up anew: offloading swaps it)."""
+        tensor = getattr(self.module, self.parameter)
+        if self.index is not None:
+            tensor = tensor[self.index]
+        return tensor.t() if self.transposed else tensor
 
     @property
     def numel(self) -> int:
-        return self.module.weight.numel()
+        return self.weight.numel()
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def prunable(self) -> Any:
+        """What a pruner's ``prune`` receives: the ``nn.Linear`` itself when the weight is its plain
+        ``weight``, otherwise a :class:`WeightView` with the same ``weight`` (out, in) attribute."""
+        if self.parameter == "weight" and not self.transposed and self.index is None:
+            return self.module
+        return WeightView(self)
+
+
+class WeightView:
+    """A linear-like view (``.weight``, ``.in_features``, ``.out_features``) of a matrix that is not a plain
+    ``nn.Linear`` weight; in-place edits of ``.weight`` reach the model."""
+
+    def __init__(self, info: LinearInfo) -> None:
+        self._info = info
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._info.weight
+
+    @property
+    def in_features(self) -> int:
+        return self._info.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self._info.out_features
 
 
 @dataclass(frozen=True)
 class Layout:
     """Where the prunable parts of a causal LM are."""
 
-    architecture: str  # name of the architecture plugin that produced it
-    layers: Sequence[torch.nn.Module] = field(repr=False)
+    architecture: str  # how it was found: "generic", or the architecture plugin that refined it
+    layers: Sequence[Any] = field(repr=False)  # the decoder layers (torch modules), in order
     linears: Sequence[Sequence[LinearInfo]]  # linears[i] = the linears of decoder layer i
     #: ``with layout.resident(i):`` — layer i's weights are in memory inside the block. Always true for
     #: a model loaded whole; with ``--offload disk`` the weights are read from disk on entry and
@@ -58,6 +111,8 @@ class Layout:
     resident: Callable[[int], AbstractContextManager[Any]] = field(
         default=lambda _index: nullcontext(), repr=False, compare=False
     )
+    #: the model's ``nn.ModuleList`` of decoder layers (the engine drives the layers through it)
+    stack: Any = field(default=None, repr=False, compare=False)
 
     @property
     def num_layers(self) -> int:
@@ -80,20 +135,55 @@ class Unit:
         return sum(info.numel for info in self.linears)
 
 
-@dataclass
 class LinearStats:
-    """Activation statistics of one linear's input, float32, gathered by the engine."""
+    """Activation statistics of one linear's input (float32), gathered by the engine.
 
-    nsamples: int
-    ntokens: int
-    input_sq_norm: torch.Tensor | None = None  # (in_features,)
-    gram: torch.Tensor | None = None  # (in_features, in_features)
+    ``stats["gram"]`` / ``stats.require("gram")`` is a registered statistic by name (see
+    :class:`Statistic`); the two built-in ones are also attributes: ``input_sq_norm`` (in_features,),
+    Σ_tokens x_j² divided by the number of sequences (Wanda's ``scaler_row``), and ``gram``
+    (in_features, in_features), H = (2/n) Σ XᵀX over all calibration tokens, n = number of sequences
+    (SparseGPT's Hessian). Linears of one input group share one object.
+    """
+
+    def __init__(
+        self,
+        nsamples: int,
+        ntokens: int,
+        values: Mapping[str, torch.Tensor] | None = None,
+        **named: torch.Tensor | None,
+    ) -> None:
+        self.nsamples = nsamples
+        self.ntokens = ntokens
+        self.values: dict[str, torch.Tensor] = dict(values or {})
+        self.values.update({k: v for k, v in named.items() if v is not None})
+
+    @property
+    def input_sq_norm(self) -> torch.Tensor | None:
+        return self.values.get("input_sq_norm")
+
+    @property
+    def gram(self) -> torch.Tensor | None:
+        return self.values.get("gram")
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.require(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.values
 
     def require(self, name: str) -> torch.Tensor:
-        value = getattr(self, name)
+        value = self.values.get(name)
         if value is None:
             raise RuntimeError(f"statistic {name!r} was not gathered; declare it in the plugin's `needs`")
         return value
+
+    def only(self, names: frozenset[str]) -> LinearStats:
+        """A copy holding only ``names`` (tensors shared, not copied)."""
+        return LinearStats(self.nsamples, self.ntokens, {k: v for k, v in self.values.items() if k in names})
+
+    def __repr__(self) -> str:
+        shapes = {k: tuple(v.shape) for k, v in self.values.items()}
+        return f"LinearStats(nsamples={self.nsamples}, ntokens={self.ntokens}, {shapes})"
 
 
 @dataclass(frozen=True)
@@ -166,10 +256,30 @@ class EvalContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ExportContext:
+    """What an exporter receives to write its part of the output folder."""
+
+    result: Any  # the RunResult (its to_json() is run.json)
+    model: Any  # the pruned model
+    tokenizer: Any
+    layout: Layout
+    #: ``save_model(folder)``: the model as a ``from_pretrained`` folder (streams shards with --offload disk)
+    save_model: Callable[[Any], None]
+    masks: Any  # the run's MaskSet: every pruned linear's mask, bit-packed (see lsa_framework.engine.masks)
+    base_identity: Mapping[str, str]  # {"model": spec, "source": path, "sha256": content hash}
+
+
+# --- the contract of each plugin kind -------------------------------------------------------------------
+
+
 @runtime_checkable
 class Scorer(Protocol):
+    """``--scorer``: one importance score per unit, from the dense model's statistics."""
+
     name: ClassVar[str]
     Options: ClassVar[type[PluginOptions]]
+    #: the statistics ``score`` reads (names of registered statistics); empty: no data pass is run
     needs: ClassVar[frozenset[str]]
 
     def __init__(self, options: Any) -> None: ...
@@ -185,6 +295,12 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class Allocator(Protocol):
+    """``--allocator``: cuts the layout into units and maps their scores to sparsities.
+
+    Optional class attribute ``uses_scores = False``: the allocator ignores scores (e.g. a fixed depth
+    profile), so no scoring pass runs whatever the scorer.
+    """
+
     name: ClassVar[str]
     Options: ClassVar[type[PluginOptions]]
     granularity: ClassVar[str]  # "layer", "block" or "projection": tells scorers which defaults apply
@@ -202,29 +318,159 @@ class Allocator(Protocol):
 
 @runtime_checkable
 class Pruner(Protocol):
+    """``--pruner``: zeroes weights of one linear (and may update the others).
+
+    Capabilities (declare in ``capabilities``): ``"prune_group"`` — the pruner also defines
+    ``prune_group(linears, stats, sparsities, pattern) -> masks``, which the engine then calls once per
+    input group (linears sharing one input and one ``stats``) so shared work is done once;
+    ``"updates_weights"`` — the kept weights change too (SparseGPT), so masks alone cannot rebuild
+    the pruned model (``lsaf apply`` refuses them).
+    """
+
     name: ClassVar[str]
     Options: ClassVar[type[PluginOptions]]
     needs: ClassVar[frozenset[str]]
 
     def __init__(self, options: Any) -> None: ...
 
-    def prune(self, linear: torch.nn.Linear, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
-        """Zero weights of ``linear`` in place and return the boolean mask of pruned weights.
-
-        Optionally a pruner also defines ``prune_group(linears, stats, sparsities, pattern) -> masks``:
-        the engine then calls it once per input group (linears sharing one input and ``stats``)
-        instead of ``prune`` per linear, so shared work is done once.
-        """
+    def prune(self, linear: Any, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
+        """Zero weights of ``linear.weight`` (out, in) in place; return the boolean mask of pruned weights."""
         ...
 
 
 @runtime_checkable
 class Evaluator(Protocol):
+    """``--eval``: named metrics of the model as it is.
+
+    ``headline`` names the metric tables show for it; ``lower_is_better`` says which way is better
+    (None: descriptive, e.g. sparsity). Capability ``"check"``: ``check(config)`` refuses settings it
+    cannot use before any work is done.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]]
+    headline: ClassVar[str]
+    lower_is_better: ClassVar[bool | None]
+
+    def __init__(self, options: Any) -> None: ...
+
+    def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, float]:
+        """Return named metrics of the model as it is now."""
+        ...
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """``--calibration``: text for calibration and evaluation; the two splits never share text.
+
+    Optional classmethod ``options_for(spec) -> dict | None`` (capability ``"claims_specs"``) claims
+    ``--calibration`` values that are not plugin names (the built-in ``file`` dataset claims paths).
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]]
+
+    def documents(self, split: str) -> list[str]:
+        """The documents of ``split``, ``"calibration"`` or ``"evaluation"``."""
+        ...
+
+
+@runtime_checkable
+class Architecture(Protocol):
+    """Refines the generic layout of models it recognises: only what the module tree cannot tell."""
+
+    name: ClassVar[str]
+
+    def matches(self, model: Any) -> bool:
+        """Whether this plugin applies to ``model``."""
+        ...
+
+    def refine(self, model: Any, layout: Layout) -> Layout:
+        """The generic ``layout`` corrected (e.g. linears to skip, other blocks or projection names)."""
+        ...
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """``--export``: writes one part of the output folder (e.g. ``model/``, ``masks/``)."""
+
     name: ClassVar[str]
     Options: ClassVar[type[PluginOptions]]
 
     def __init__(self, options: Any) -> None: ...
 
-    def evaluate(self, model: torch.nn.Module, tokenizer: Any, context: EvalContext) -> dict[str, float]:
-        """Return named metrics of the model as it is now."""
+    def export(self, context: ExportContext, folder: Any) -> None:
+        """Write into ``folder`` (a fresh subfolder of the output's temporary folder, named after the exporter)."""
         ...
+
+
+@runtime_checkable
+class Statistic(Protocol):
+    """An activation statistic accumulated from a linear's inputs, registered under ``name``.
+
+    One instance per input group and pass: ``add`` receives every batch of inputs flattened to
+    (tokens, in_features) float32 (``batch`` sequences of them), ``result`` returns the final tensor.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, in_features: int, device: Any) -> None: ...
+
+    def add(self, x: torch.Tensor, batch: int) -> None: ...
+
+    def result(self, nsamples: int, ntokens: int) -> torch.Tensor: ...
+
+
+#: kind -> (Protocol, the capabilities it may declare, each with the method it requires)
+CONTRACTS: dict[str, tuple[type, dict[str, str | None]]] = {
+    "scorers": (Scorer, {}),
+    "allocators": (Allocator, {}),
+    "pruners": (Pruner, {"prune_group": "prune_group", "updates_weights": None}),
+    "evaluators": (Evaluator, {"check": "check"}),
+    "datasets": (Dataset, {"claims_specs": "options_for"}),
+    "architectures": (Architecture, {}),
+    "exporters": (Exporter, {}),
+    "statistics": (Statistic, {}),
+}
+
+
+def capabilities(cls: Any) -> frozenset[str]:
+    """The optional capabilities a plugin class declares."""
+    return frozenset(getattr(cls, "capabilities", frozenset()))
+
+
+def contract_problems(kind: str, cls: Any) -> list[str]:
+    """What ``cls`` lacks to be a plugin of ``kind`` (empty when it fulfils the contract)."""
+    protocol, allowed = CONTRACTS[kind]
+    problems: list[str] = []
+    for attribute in _protocol_members(protocol):
+        if not hasattr(cls, attribute):
+            problems.append(f"no {attribute!r}")
+    options = getattr(cls, "Options", None)
+    if "Options" in _protocol_members(protocol) and not (isinstance(options, type) and issubclass(options, BaseModel)):
+        problems.append("'Options' is not a pydantic model (subclass lsa_framework.types.PluginOptions)")
+    needs: Any = getattr(cls, "needs", frozenset())
+    if not isinstance(needs, (frozenset, set)) or not all(isinstance(n, str) for n in needs):
+        problems.append("'needs' is not a set of statistic names")
+    declared: Any = getattr(cls, "capabilities", frozenset())
+    if not isinstance(declared, (frozenset, set)):
+        problems.append("'capabilities' is not a set of names")
+        declared = frozenset()
+    for capability in declared:
+        if capability not in allowed:
+            problems.append(f"unknown capability {capability!r} (known: {', '.join(sorted(allowed)) or 'none'})")
+        elif allowed[capability] is not None and not callable(getattr(cls, str(allowed[capability]), None)):
+            problems.append(f"declares {capability!r} but has no {allowed[capability]}() method")
+    return problems
+
+
+def _protocol_members(protocol: type) -> Iterator[str]:
+    """The public attributes and methods a Protocol requires (``__init__`` is every class's)."""
+    import typing
+
+    members = getattr(protocol, "__protocol_attrs__", None)
+    if members is None:  # Python < 3.12
+        members = typing._get_protocol_attrs(protocol)  # type: ignore[attr-defined]
+    for name in sorted(members):
+        if not name.startswith("_"):
+            yield name

@@ -69,12 +69,14 @@ def test_output_path_that_is_a_file(base: list[str], tmp_path: Path):
 
 
 def test_unsupported_architecture(tmp_path: Path, tiny_text_file: Path):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import MambaConfig, MambaForCausalLM
 
     from tests.conftest import make_tokenizer
 
-    model_dir = tmp_path / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=200)).save_pretrained(model_dir)
+    model_dir = tmp_path / "mamba"
+    MambaForCausalLM(MambaConfig(vocab_size=200, hidden_size=16, num_hidden_layers=1, state_size=4)).save_pretrained(
+        model_dir
+    )
     make_tokenizer().save_pretrained(model_dir)
     result = lsaf(
         "run",
@@ -91,7 +93,8 @@ def test_unsupported_architecture(tmp_path: Path, tiny_text_file: Path):
         "--quiet",
     )
     assert result.exit_code == 2
-    assert "GPT2LMHeadModel" in result.output and "architecture" in result.output
+    text = " ".join(result.output.split())
+    assert "MambaForCausalLM is a state-space model" in text and "nearest supported family" in text
 
 
 @pytest.mark.parametrize(

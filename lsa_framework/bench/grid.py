@@ -51,9 +51,14 @@ class GridConfig(BaseModel):
     @field_validator("run")
     @classmethod
     def _no_axis_in_run(cls, value: dict[str, Any]) -> dict[str, Any]:
-        clash = {"model", "scorer", "allocator", "pruner", "sparsity", "pattern", "output"} & set(value)
+        clash = {"model", "scorer", "allocator", "pruner", "sparsity", "pattern"} & set(value)
         if clash:
             raise ValueError(f"{', '.join(sorted(clash))} belong to the grid's axes, not to run")
+        own = {"output", "overwrite"} & set(value)
+        if own:
+            raise ValueError(
+                f"{', '.join(sorted(own))} are lsaf bench's own --output/--overwrite flags, not per-cell settings"
+            )
         return value
 
 

@@ -18,32 +18,45 @@ from lsa_framework.bench.grid import GridConfig, cell_config, cells
 from lsa_framework.bench.runner import (
     BenchObserver,
     CellPlan,
-    ModelSession,
+    ModelRun,
     ResultStore,
     execute_cell,
     failure,
     run_grid,
 )
-from lsa_framework.engine.pipeline import Observer, resolve_plugins
+from lsa_framework.engine.observer import Observer
+from lsa_framework.engine.plugins import resolve_plugins
+from lsa_framework.engine.session import KeptStats, Session
 from lsa_framework.errors import BadInputError
 
 
 class CellWorker:
-    """Holds one model; plans and executes cells by id (wrapped as a Ray actor)."""
+    """Holds one model's session; plans and executes cells by id (wrapped as a Ray actor)."""
 
-    def __init__(self, grid_data: dict[str, Any], cell_id: str) -> None:
+    def __init__(self, grid_data: dict[str, Any], cell_id: str, output: str) -> None:
         self.grid = GridConfig(**grid_data)
         self.cells = {c.id: c for c in cells(self.grid)}
         config = cell_config(self.grid, self.cells[cell_id])
-        self.session = ModelSession.open(config, resolve_plugins(config))
+        self.session = Session(config, resolve_plugins(config).dataset, Observer())
+        self.session.load()
+        self.session.calibrate()
+        self.session.keep_dense()
+        self.output = Path(output)
+        self.kept: KeptStats | None = None
 
-    def execute(self, cell_id: str, model_sha256: str, values: dict[str, dict[str, float]]) -> dict[str, Any]:
+    def execute(
+        self, cell_id: str, model_sha256: str, values: dict[str, dict[str, float]], kept_needs: list[str] | None
+    ) -> dict[str, Any]:
         cell = self.cells[cell_id]
         config = cell_config(self.grid, cell)
         plan = CellPlan(cell, config, resolve_plugins(config), model_sha256)
-        plan.allocate(self.session.layout, values)
+        if kept_needs is not None and self.kept is None:
+            self.kept = KeptStats(frozenset(kept_needs))
+            self.session.score([], self.kept)  # the worker's own dense statistics for the basic pipeline
+        kept = self.kept
         try:
-            return execute_cell(self.session, plan, Observer())
+            plan.allocate(self.session, values)
+            return execute_cell(ModelRun(self.session, self.output, kept, values), plan, Observer())
         except Exception as exc:
             return failure(exc)
 
@@ -61,17 +74,17 @@ def run_grid_ray(
     remote_worker: Any = ray.remote(CellWorker)
     workers_per_model = int(os.environ.get("LSAF_RAY_WORKERS", "1"))
 
-    def executor(
-        session: ModelSession, plans: list[CellPlan], obs: Observer
-    ) -> Iterator[tuple[CellPlan, dict[str, Any]]]:
+    def executor(run: ModelRun, plans: list[CellPlan], obs: Observer) -> Iterator[tuple[CellPlan, dict[str, Any]]]:
         if not plans:
             return
-        values = {p.scores_key: p.unit_values for p in plans}
+        values = {p.scores_key: run.values[p.scores_key] for p in plans}
+        kept_needs = sorted(run.kept.needs) if run.kept is not None else None
+        grid_data = grid.model_dump(mode="json")
         actors: list[Any] = [
-            remote_worker.remote(grid.model_dump(mode="json"), plans[0].cell.id) for _ in range(workers_per_model)
+            remote_worker.remote(grid_data, plans[0].cell.id, str(run.output)) for _ in range(workers_per_model)
         ]
         pending = {
-            actors[i % len(actors)].execute.remote(plan.cell.id, plan.model_sha256, values): plan
+            actors[i % len(actors)].execute.remote(plan.cell.id, plan.model_sha256, values, kept_needs): plan
             for i, plan in enumerate(plans)
         }
         while pending:

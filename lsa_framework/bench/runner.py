@@ -1,13 +1,20 @@
-"""Run a grid of cells, sharing every piece of work that is the same across cells.
+"""Run a grid of cells on the session engine, sharing every piece of work that is the same across cells.
 
     lsaf bench --config benchmarks/grids/paper_70.yaml --output benchmarks/results/paper_70
 
-What is shared: each model is loaded once and its dense weights kept to restore between cells;
-the calibration windows are drawn once per model; ONE dense pass per model gathers the union of the
-statistics every scorer needs and scores every (scorer, allocator) pair; cells whose allocation
-comes out identical (e.g. ``uniform`` at every granularity) are pruned and evaluated once.
-Finished cells and scores are saved after each step, so an interrupted grid resumes where it
-stopped and never re-runs a finished cell.
+One :class:`~lsa_framework.engine.session.Session` per model: the model is loaded once (and its dense
+weights restored between cells), the calibration windows drawn once, ONE dense pass gathers the union
+of the statistics every scorer needs (plus the pruners', for ``pipeline: basic``) and scores every
+(scorer, allocator) pair; each cell then runs the session's own allocate → prune → evaluate stages,
+exactly those of ``lsaf run``, with the same hooks; cells whose allocation comes out identical (e.g.
+``uniform`` at every granularity) are pruned and evaluated once. Every ``RunConfig`` field in the grid's
+``run:`` is honoured as ``lsaf run`` honours it (``offload``, ``pipeline``, ``device``, ``dtype``,
+``threads``, and ``resume``: per-layer checkpoints of each cell in the bench folder).
+
+A cell's identity is every setting that changes its result, the model's content hash included, so a
+grid whose ``run:`` settings (or weights) changed runs new cells and never reuses stale ones. Finished
+cells and scores are saved as they come, so an interrupted grid resumes where it stopped; a cell that
+fails is recorded with its error sentence and the others go on.
 """
 
 from __future__ import annotations
@@ -17,32 +24,21 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lsa_framework.bench.grid import Cell, GridConfig, cell_config, cells
 from lsa_framework.config import RunConfig
-from lsa_framework.engine.checkpoint import fingerprint
-from lsa_framework.engine.pipeline import (
-    Observer,
-    Plugins,
-    ScoringJob,
-    allocate,
-    calibration_ids,
-    evaluate,
-    prune_model,
-    resolve_plugins,
-    score_jobs,
-    unit_records,
-)
-from lsa_framework.engine.sequential import Activations, capture_layer_inputs
+from lsa_framework.engine.checkpoint import Checkpoint, fingerprint
+from lsa_framework.engine.observer import Observer
+from lsa_framework.engine.plugins import Plugins, resolve_plugins
+from lsa_framework.engine.session import Allocation, KeptStats, ScoringJob, Session
 from lsa_framework.errors import BadInputError, LsafError
-from lsa_framework.model.layout import find_layout
-from lsa_framework.model.loading import load_model, protected_paths, spec_digest
-from lsa_framework.storage.atomic import make_folder, write_json
+from lsa_framework.model.loading import protected_paths, spec_digest
+from lsa_framework.result import RunResult
+from lsa_framework.storage.atomic import make_folder, temporary_sibling, write_json
 from lsa_framework.storage.guard import (
     Protected,
     always_protected,
@@ -54,7 +50,10 @@ from lsa_framework.storage.guard import (
     write_marker,
 )
 from lsa_framework.storage.lock import output_lock
-from lsa_framework.types import EvalContext, Layout
+
+BENCH_KIND = "bench"
+#: What a bench folder may hold besides the marker (written as cells finish).
+BENCH_ENTRIES = ("results.json", "scores.json", "results.csv", "results.md", "*.png", "partial")
 
 
 class BenchObserver(Observer):
@@ -65,9 +64,6 @@ class BenchObserver(Observer):
 
     def cell_done(self, cell: Cell, seconds: float) -> None:
         """One more cell finished."""
-
-
-BENCH_KIND = "bench"
 
 
 def open_output(output: Path, overwrite: bool, protected: list[Protected]) -> Path:
@@ -82,20 +78,15 @@ def open_output(output: Path, overwrite: bool, protected: list[Protected]) -> Pa
         if overwrite:
             marker = read_marker(target)
             assert marker is not None
-            for name in marker.entries:
-                entry = target / name
+            for entry in target.iterdir():
                 if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
+                    shutil.rmtree(entry)  # lsaf's own: check_replaceable found nothing else in the folder
                 else:
                     entry.unlink(missing_ok=True)
     check_writable(target)
     make_folder(target)
     write_marker(target, BENCH_KIND, extra=BENCH_ENTRIES)
     return target
-
-
-#: What a bench folder may hold besides the marker (written as cells finish).
-BENCH_ENTRIES = ("results.json", "scores.json", "results.csv", "results.md", "*.png")
 
 
 @dataclass
@@ -112,8 +103,8 @@ class ResultStore:
         results, scores = folder / "results.json", folder / "scores.json"
         try:
             if results.is_file():
-                cells = json.loads(results.read_text(encoding="utf-8"))["cells"]
-                store.records = {r["key"]: r for r in cells if "key" in r and "error" not in r}
+                saved = json.loads(results.read_text(encoding="utf-8"))["cells"]
+                store.records = {r["key"]: r for r in saved if "key" in r and "error" not in r}
             if scores.is_file():
                 data = json.loads(scores.read_text(encoding="utf-8"))
                 store.scores = {k: v for k, v in data.items() if isinstance(v, dict) and k.startswith("scores-")}
@@ -134,36 +125,6 @@ class ResultStore:
 
     def save_scores(self) -> None:
         write_json(self.folder / "scores.json", self.scores)
-
-
-@dataclass
-class ModelSession:
-    """A loaded model shared by all cells of that model."""
-
-    config: RunConfig
-    model: Any
-    tokenizer: Any
-    layout: Layout
-    input_ids: torch.Tensor
-    dense: dict[str, torch.Tensor]
-
-    @classmethod
-    def open(cls, config: RunConfig, plugins: Plugins) -> ModelSession:
-        loaded = load_model(config.model, config.dtype)
-        layout = find_layout(loaded.model)
-        input_ids = calibration_ids(config, plugins.dataset, loaded.tokenizer, loaded.model)
-        dense = {info.name: info.module.weight.detach().clone() for info in layout.all_linears()}
-        return cls(config, loaded.model, loaded.tokenizer, layout, input_ids, dense)
-
-    def calibrate(self) -> Activations:
-        return capture_layer_inputs(
-            self.model, self.layout.layers[0], self.input_ids, self.config.batch_size, self.config.torch_device
-        )
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for info in self.layout.all_linears():
-                info.module.weight.copy_(self.dense[info.name])
 
 
 def _digest(payload: dict[str, Any]) -> str:
@@ -208,37 +169,16 @@ def _prune_key(linear_sparsity: dict[str, float], config: RunConfig, model_sha25
     )
 
 
-def _score_model(
-    session: ModelSession, plans: list[CellPlan], store: ResultStore, obs: Observer
-) -> dict[str, dict[str, float]]:
-    """Scores of every (scorer, allocator) pair of this model's cells, from one dense pass."""
-    scorer_of: dict[str, Any] = {}
-    jobs: dict[str, ScoringJob] = {}
-    for plan in plans:
-        key = plan.scores_key
-        if key in store.scores or key in jobs:
-            continue
-        scorer = scorer_of.setdefault(plan.cell.scorer, plan.plugins.scorer)  # one instance per scorer: shared caches
-        jobs[key] = ScoringJob(key, scorer, plan.plugins.allocator.call("units", session.layout))
-    if jobs:
-        store.scores.update(score_jobs(list(jobs.values()), session.layout, session.calibrate, obs))
-        store.save_scores()
-    return store.scores
-
-
 @dataclass
 class CellPlan:
-    """A cell and its identity; after :meth:`allocate`, what to prune and the record to fill."""
+    """A cell and its identity; after :meth:`allocate`, its allocation and the record to fill."""
 
     cell: Cell
     config: RunConfig
     plugins: Plugins
     model_sha256: str
+    allocation: Allocation | None = None
     record: dict[str, Any] = field(default_factory=dict)
-    units: list[Any] = field(default_factory=list)
-    unit_values: dict[str, float] = field(default_factory=dict)
-    sparsities: dict[str, float] = field(default_factory=dict)
-    linear_sparsity: dict[str, float] = field(default_factory=dict)
 
     @property
     def cell_key(self) -> str:
@@ -252,22 +192,15 @@ class CellPlan:
     def key(self) -> str:
         return str(self.record["prune_key"])
 
-    def allocate(self, layout: Layout, values: dict[str, dict[str, float]]) -> None:
-        """Score → sparsity (cheap: the scores come from the shared dense pass)."""
-        config, plugins = self.config, self.plugins
-        self.units = plugins.allocator.call("units", layout)
-        self.unit_values = values[self.scores_key]
-        granularity = getattr(plugins.allocator.instance, "granularity", "layer")
-        scores = plugins.scorer.call("finish", self.unit_values, config.target_sparsity, granularity)
-        self.sparsities, note = allocate(
-            plugins.allocator, self.units, scores, config.target_sparsity, config.parsed_pattern
+    def allocate(self, session: Session, values: dict[str, dict[str, float]]) -> None:
+        """Score → sparsity with the session's allocate stage (cheap: the scores come from the shared pass)."""
+        assert session.layout is not None
+        units = self.plugins.allocator.units(session.layout)
+        self.allocation = session.allocate(
+            self.plugins.scorer, self.plugins.allocator, units, values[self.scores_key], self.config
         )
-        self.linear_sparsity = {info.name: self.sparsities[u.name] for u in self.units for info in u.linears}
-        self.record = {
-            **self.header(),
-            "prune_key": _prune_key(self.linear_sparsity, config, self.model_sha256),
-            "note": note,
-        }
+        prune_key = _prune_key(self.allocation.linear_sparsity, self.config, self.model_sha256)
+        self.record = {**self.header(), "prune_key": prune_key, "note": self.allocation.note}
 
     def header(self) -> dict[str, Any]:
         """What identifies the cell in results.json and the tables."""
@@ -286,20 +219,56 @@ class CellPlan:
         }
 
 
-def execute_cell(session: ModelSession, plan: CellPlan, obs: Observer) -> dict[str, Any]:
-    """Prune the dense model as planned and evaluate it; returns what the record lacks."""
+def _score_model(session: Session, plans: list[CellPlan], store: ResultStore, kept: KeptStats | None) -> None:
+    """Scores of every (scorer, allocator) pair of this model's cells, from ONE dense pass (which also keeps
+    the pruners' statistics for ``pipeline: basic``); scores already saved are not recomputed."""
+    assert session.layout is not None
+    scorer_of: dict[str, Any] = {}
+    jobs: dict[str, ScoringJob] = {}
+    for plan in plans:
+        key = plan.scores_key
+        if key in store.scores or key in jobs or not plan.plugins.allocator.uses_scores:
+            continue
+        scorer = scorer_of.setdefault(plan.cell.scorer, plan.plugins.scorer)  # one instance per scorer: shared caches
+        jobs[key] = ScoringJob(key, scorer, plan.plugins.allocator.units(session.layout))
+    if jobs or (kept is not None and kept.needs):
+        store.scores.update(session.score(list(jobs.values()), kept))
+        store.save_scores()
+    for plan in plans:  # allocators that ignore scores get zeros, without any pass
+        if not plan.plugins.allocator.uses_scores:
+            units = plan.plugins.allocator.units(session.layout)
+            store.scores.setdefault(plan.scores_key, dict.fromkeys((u.name for u in units), 0.0))
+
+
+@dataclass
+class ModelRun:
+    """What the cells of one model share while they run."""
+
+    session: Session
+    output: Path
+    kept: KeptStats | None
+    values: dict[str, dict[str, float]]
+
+
+def execute_cell(run: ModelRun, plan: CellPlan, obs: Observer) -> dict[str, Any]:
+    """Prune the dense model as planned and evaluate it, with the same stages as ``lsaf run``."""
     started = time.perf_counter()
-    session.restore()
-    hashes = prune_model(
-        session.layout, session.calibrate, plan.plugins.pruner, plan.linear_sparsity, plan.config.parsed_pattern, obs
-    )
-    records = unit_records(session.layout, plan.units, plan.unit_values, plan.sparsities)
-    context = EvalContext(config=plan.config, dataset=plan.plugins.dataset.instance, layout=session.layout)
-    metrics = evaluate(plan.plugins.evaluators, session.model, session.tokenizer, context, obs)
+    session = run.session
+    session.restore_dense()
+    result = RunResult(config=plan.config)
+    checkpoint = None
+    if plan.config.resume:  # per-layer checkpoints of the cell, resumed after an interruption
+        checkpoint = Checkpoint.open(plan.config, folder=run.output / "partial" / plan.cell_key)
+    masks = session.run_job(plan.plugins, result, checkpoint, run.values[plan.scores_key], run.kept)
+    if checkpoint is not None:
+        checkpoint.discard()
     return {
-        "metrics": metrics,
-        "mask_sha256": hashes,
-        "units": [vars(r) for r in records],
+        "metrics": result.metrics,
+        "dense_metrics": result.dense_metrics,
+        "headlines": result.to_json()["headlines"],
+        "mask_sha256": dict(masks.hashes),
+        "units": [vars(r) for r in result.units],
+        "timings_s": result.timings,
         "reused_from": None,
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -307,10 +276,19 @@ def execute_cell(session: ModelSession, plan: CellPlan, obs: Observer) -> dict[s
 
 def reuse_outcome(plan: CellPlan, previous: dict[str, Any]) -> dict[str, Any]:
     """A cell whose allocation equals a finished one's takes its metrics and masks."""
+    allocation = plan.allocation
+    assert allocation is not None
+    units = [
+        {"name": u.name, "layer": u.layer, "numel": u.numel, "score": allocation.values[u.name],
+         "sparsity": allocation.sparsities[u.name], "realised": None}
+        for u in allocation.units
+    ]  # fmt: skip
     return {
         "metrics": previous["metrics"],
+        "dense_metrics": previous.get("dense_metrics", {}),
+        "headlines": previous.get("headlines", {}),
         "mask_sha256": previous["mask_sha256"],
-        "units": _allocated_units(plan.units, plan.unit_values, plan.sparsities),
+        "units": units,
         "reused_from": previous["id"],
         "seconds": 0.0,
     }
@@ -318,7 +296,7 @@ def reuse_outcome(plan: CellPlan, previous: dict[str, Any]) -> dict[str, Any]:
 
 #: Runs the unique plans of one model and yields (plan, outcome) as they finish; an outcome with an
 #: ``error`` is a cell that failed (its sentence), the others go on.
-Executor = Callable[[ModelSession, list[CellPlan], Observer], Iterator[tuple[CellPlan, dict[str, Any]]]]
+Executor = Callable[[ModelRun, list[CellPlan], Observer], Iterator[tuple[CellPlan, dict[str, Any]]]]
 
 
 def failure(exc: Exception) -> dict[str, Any]:
@@ -328,10 +306,10 @@ def failure(exc: Exception) -> dict[str, Any]:
     return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def local_executor(session: ModelSession, plans: list[CellPlan], obs: Observer) -> Iterator[tuple[CellPlan, dict]]:
+def local_executor(run: ModelRun, plans: list[CellPlan], obs: Observer) -> Iterator[tuple[CellPlan, dict]]:
     for plan in plans:
         try:
-            outcome = execute_cell(session, plan, obs)
+            outcome = execute_cell(run, plan, obs)
         except Exception as exc:
             outcome = failure(exc)
         yield plan, outcome
@@ -358,6 +336,19 @@ def run_grid(
     target = open_output(output, overwrite, protected)
     with output_lock(target):
         return _run_grid(grid, all_cells, configs, plugins, target, observer or BenchObserver(), executor)
+
+
+@contextmanager
+def _staging(config: RunConfig, output: Path) -> Iterator[Path | None]:
+    """A temporary folder for the pruned shards of an offloaded model, beside the bench folder."""
+    if config.offload != "disk":
+        yield None
+        return
+    folder = temporary_sibling(output)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # lsaf's own temporary (tagged name, this pid)
 
 
 def _run_grid(
@@ -401,54 +392,48 @@ def _run_grid(
         model_plans = [p for p in todo if p.cell.model == model]
         if not model_plans:
             continue
-        try:
-            started = time.perf_counter()
-            session = ModelSession.open(model_plans[0].config, model_plans[0].plugins)
-            shared = {"load_and_calibrate": round(time.perf_counter() - started, 2)}
-            started = time.perf_counter()
-            values = _score_model(session, model_plans, store, obs)
-            shared["scoring"] = round(time.perf_counter() - started, 2)
-        except Exception as exc:  # the model's shared work failed: every one of its cells did
-            for plan in model_plans:
-                finish(plan, failure(exc), {})
-            continue
-        waiting: dict[str, list[CellPlan]] = {}
-        done_by_key = {r["prune_key"]: r for r in store.records.values() if "prune_key" in r}
-        for plan in model_plans:
+        first = model_plans[0]
+        with _staging(first.config, output) as staging:
             try:
-                plan.allocate(session.layout, values)
-            except Exception as exc:
-                finish(plan, failure(exc), shared)
+                session = Session(first.config, first.plugins.dataset, obs, staging)
+                started = time.perf_counter()
+                session.load()
+                session.calibrate()
+                session.keep_dense()
+                shared = {"load_and_calibrate": round(time.perf_counter() - started, 2)}
+                kept = None
+                if first.config.pipeline == "basic":
+                    kept = KeptStats(frozenset().union(*(p.plugins.pruner.needs for p in model_plans)))
+                started = time.perf_counter()
+                _score_model(session, model_plans, store, kept)
+                shared["scoring"] = round(time.perf_counter() - started, 2)
+            except Exception as exc:  # the model's shared work failed: every one of its cells did
+                for plan in model_plans:
+                    finish(plan, failure(exc), {})
                 continue
-            if plan.key in done_by_key:
-                finish(plan, reuse_outcome(plan, done_by_key[plan.key]), shared)
-            else:
-                waiting.setdefault(plan.key, []).append(plan)
-        for plan, outcome in executor(session, [group[0] for group in waiting.values()], obs):
-            finish(plan, outcome, shared)
-            for twin in waiting[plan.key][1:]:
-                twin_outcome = outcome if "error" in outcome else reuse_outcome(twin, {**plan.record, **outcome})
-                finish(twin, twin_outcome, shared)
+            run = ModelRun(session, output, kept, store.scores)
+            waiting: dict[str, list[CellPlan]] = {}
+            done_by_key = {r["prune_key"]: r for r in store.records.values() if "prune_key" in r}
+            for plan in model_plans:
+                try:
+                    plan.allocate(session, store.scores)
+                except Exception as exc:
+                    finish(plan, failure(exc), shared)
+                    continue
+                if plan.key in done_by_key:
+                    finish(plan, reuse_outcome(plan, done_by_key[plan.key]), shared)
+                else:
+                    waiting.setdefault(plan.key, []).append(plan)
+            for plan, outcome in executor(run, [group[0] for group in waiting.values()], obs):
+                finish(plan, outcome, shared)
+                for twin in waiting[plan.key][1:]:
+                    twin_outcome = outcome if "error" in outcome else reuse_outcome(twin, {**plan.record, **outcome})
+                    finish(twin, twin_outcome, shared)
     tables()
     if failed:
-        first = next(iter(failed.values()))
+        first_failure = next(iter(failed.values()))
         raise GridFailedError(
-            f"{len(failed)} of {len(plans)} cells failed (first: {first['id']}: {first['error']}); the others are "
-            f"saved in {output} and a rerun retries only the failed ones."
+            f"{len(failed)} of {len(plans)} cells failed (first: {first_failure['id']}: {first_failure['error']}); "
+            f"the others are saved in {output} and a rerun retries only the failed ones."
         )
     return store
-
-
-def _allocated_units(units: list[Any], values: dict[str, float], sparsities: dict[str, float]) -> list:
-    """Unit records of a cell that reused another's pruning: allocated sparsity, nothing realised."""
-    return [
-        {
-            "name": u.name,
-            "layer": u.layer,
-            "numel": u.numel,
-            "score": values[u.name],
-            "sparsity": sparsities[u.name],
-            "realised": None,
-        }
-        for u in units
-    ]

@@ -78,6 +78,7 @@ def read_jsonl(path: Path, raw: str) -> list[str]:
 
 class FileDataset:
     name: ClassVar[str] = "file"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"claims_specs"})
 
     class Options(PluginOptions):
         """A local .txt or .jsonl file, split into calibration and evaluation text."""

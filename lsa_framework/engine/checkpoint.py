@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from lsa_framework.engine.masks import MaskSet
 from lsa_framework.errors import BadInputError
 from lsa_framework.model import tensorfile
 from lsa_framework.storage.atomic import DiskFullError, disk_full, is_disk_full, make_folder, write_json
@@ -32,6 +33,8 @@ from lsa_framework.types import Layout
 NOT_FINGERPRINTED = frozenset({"output", "overwrite", "resume", "threads", "device", "offload", "eval", "eval_opts"})
 #: The file that makes a ``.NAME.partial`` folder lsaf's own (so lsaf may remove it).
 PARTIAL_MARKER = ".lsaf-partial"
+#: Packed masks are stored beside the weights in a layer file under this prefix.
+MASK_PREFIX = "mask::"
 
 
 def fingerprint(config: Any) -> str:
@@ -63,13 +66,17 @@ class Checkpoint:
         }
 
     @classmethod
-    def open(cls, config: Any, model_sha256: str = "") -> Checkpoint:
-        """Start or resume the checkpoint of ``config``; refuse to silently reuse or drop old state."""
-        if config.output is None:
-            if config.resume:
-                raise BadInputError("--resume needs --output: the resumable state is kept beside the output folder.")
-            return cls(None, "")
-        folder = partial_dir(config.output)
+    def open(cls, config: Any, model_sha256: str = "", folder: Path | None = None) -> Checkpoint:
+        """Start or resume the checkpoint of ``config`` (in ``folder``, by default beside its output);
+        refuse to silently reuse or drop old state."""
+        if folder is None:
+            if config.output is None:
+                if config.resume:
+                    raise BadInputError(
+                        "--resume needs --output: the resumable state is kept beside the output folder."
+                    )
+                return cls(None, "")
+            folder = partial_dir(config.output)
         checkpoint = cls(folder, fingerprint(config), model_sha256)
         state_file = folder / "state.json"
         if state_file.exists():
@@ -170,15 +177,19 @@ class Checkpoint:
         self.state["scores"] = scores
         self._save_state()
 
-    def save_layer(self, layout: Layout, index: int, hashes: dict[str, str]) -> None:
-        """Persist layer ``index`` (pruned), then advance ``layers_done`` past it."""
+    def save_layer(self, layout: Layout, index: int, masks: MaskSet) -> None:
+        """Persist layer ``index`` (pruned: its weights and packed masks), then advance ``layers_done``."""
         if self.folder is None:
             return
         self._ensure_folder()
-        tensors = {info.name: info.module.weight.detach().cpu().contiguous() for info in layout.linears[index]}
+        tensors = {info.name: info.weight.detach().cpu().contiguous() for info in layout.linears[index]}
+        pruned = [info.name for info in layout.linears[index] if info.name in masks.packed]
+        tensors.update({MASK_PREFIX + name: masks.packed[name] for name in pruned})
+        shapes = json.dumps({name: list(masks.shapes[name]) for name in pruned})
+        hashes = {name: masks.hashes[name] for name in pruned}
         path = self._layer_file(index)
         try:
-            tensorfile.write_tensors(path, tensors)
+            tensorfile.write_tensors(path, tensors, metadata={"mask_shapes": shapes})
         except Exception as exc:
             if is_disk_full(exc) or isinstance(exc, DiskFullError):
                 raise disk_full(path, exc, resumable=True) from exc
@@ -192,19 +203,23 @@ class Checkpoint:
         """Mask hashes of the layers already pruned and saved."""
         return dict(self.state["mask_sha256"])
 
-    def restore_layer(self, layout: Layout, index: int) -> None:
-        """Put the saved pruned weights of layer ``index`` (< ``layers_done``) back into the model."""
+    def restore_layer(self, layout: Layout, index: int, masks: MaskSet) -> None:
+        """Put the saved pruned weights of layer ``index`` (< ``layers_done``) back into the model, and
+        its masks into ``masks``."""
         if self.folder is None:
             return
         path = self._layer_file(index)
-        names = [info.name for info in layout.linears[index]]
         try:
-            saved = tensorfile.read_tensors(path, names)
-        except BadInputError:
+            shapes = json.loads(tensorfile.read_metadata(path).get("mask_shapes", "{}"))
+            names = [info.name for info in layout.linears[index]]
+            saved = tensorfile.read_tensors(path, names + [MASK_PREFIX + name for name in shapes])
+        except (BadInputError, ValueError):
             raise self._damaged(f"{path.name} lacks some of layer {index}'s weights or is truncated") from None
         with torch.no_grad():
             for info in layout.linears[index]:
-                info.module.weight.copy_(saved[info.name])
+                info.weight.copy_(saved[info.name])
+        for name, shape in shapes.items():
+            masks.add_packed(name, saved[MASK_PREFIX + name], tuple(shape))
 
     def discard(self) -> None:
         if self.folder is not None and self.folder.exists() and is_own_partial(self.folder):

@@ -70,6 +70,8 @@ class PerplexityEvaluator:
     name: ClassVar[str] = "perplexity"
     Options: ClassVar[type[PluginOptions]] = PerplexityOptions
     capabilities: ClassVar[frozenset[str]] = frozenset({"check"})
+    headline: ClassVar[str] = "perplexity"
+    lower_is_better: ClassVar[bool | None] = True
 
     def __init__(self, options: PerplexityOptions | None = None) -> None:
         self.options = options or PerplexityOptions()

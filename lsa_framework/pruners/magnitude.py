@@ -28,7 +28,7 @@ class MagnitudePruner:
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
 
-    def prune(self, linear: torch.nn.Linear, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
+    def prune(self, linear: Any, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
         """Zero the smallest-|W| weights of ``linear`` in place; return the mask (True = pruned)."""
         with torch.no_grad():
             mask = magnitude_mask(linear.weight, sparsity, pattern)

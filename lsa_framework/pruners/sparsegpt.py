@@ -26,6 +26,7 @@ from lsa_framework.types import LinearStats, Pattern, PluginOptions
 class SparseGPTPruner:
     name: ClassVar[str] = "sparsegpt"
     needs: ClassVar[frozenset[str]] = frozenset({"gram"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"prune_group", "updates_weights"})
 
     class Options(PluginOptions):
         """SparseGPT options (defaults as in the reference code)."""
@@ -36,7 +37,7 @@ class SparseGPTPruner:
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
 
-    def prune(self, linear: torch.nn.Linear, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
+    def prune(self, linear: Any, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
         """Prune ``linear`` in place, writing the updated weights; return the mask (True = pruned)."""
         with torch.no_grad():
             new_weight, mask = sparsegpt_prune(
@@ -51,7 +52,7 @@ class SparseGPTPruner:
         return mask
 
     def prune_group(
-        self, linears: list[torch.nn.Linear], stats: LinearStats, sparsities: list[float], pattern: Pattern
+        self, linears: list[Any], stats: LinearStats, sparsities: list[float], pattern: Pattern
     ) -> list[torch.Tensor]:
         """Prune linears that read the same input (so share ``stats``' H) in place; return their masks.
 

@@ -28,7 +28,7 @@ class WandaPruner:
     def __init__(self, options: Options | None = None) -> None:
         self.options = options if options is not None else self.Options()
 
-    def prune(self, linear: torch.nn.Linear, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
+    def prune(self, linear: Any, stats: LinearStats, sparsity: float, pattern: Pattern) -> torch.Tensor:
         """Zero the lowest-scoring weights of ``linear`` in place; return the mask (True = pruned)."""
         with torch.no_grad():
             mask = wanda_mask(linear.weight, stats.require("input_sq_norm"), sparsity, pattern)

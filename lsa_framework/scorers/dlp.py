@@ -34,7 +34,7 @@ class DlpScorer:
         self.options: DlpOptions = options if options is not None else DlpOptions()
 
     def score(self, unit: Unit, stats: Mapping[str, LinearStats]) -> float:
-        metrics = [wanda_metric(info.module.weight, stats[info.name].require("input_sq_norm")) for info in unit.linears]
+        metrics = [wanda_metric(info.weight, stats[info.name].require("input_sq_norm")) for info in unit.linears]
         return dlp_score(metrics, self.options.reduce)
 
     def finish(self, values: Mapping[str, float], target: float, granularity: str) -> Scores:

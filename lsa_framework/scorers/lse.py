@@ -66,7 +66,7 @@ class LseScorer:
         cached = self._errors.get(info.name)
         if cached is not None and cached[0]() is gram:
             return cached[1]
-        error = lse_error(info.module.weight, gram, self.options.group_size, self.options.ratio)
+        error = lse_error(info.weight, gram, self.options.group_size, self.options.ratio)
         self._errors[info.name] = (weakref.ref(gram), error)
         return error
 

@@ -33,7 +33,7 @@ class OwlScorer:
         self.options: OwlOptions = options if options is not None else OwlOptions()
 
     def score(self, unit: Unit, stats: Mapping[str, LinearStats]) -> float:
-        metrics = [wanda_metric(info.module.weight, stats[info.name].require("input_sq_norm")) for info in unit.linears]
+        metrics = [wanda_metric(info.weight, stats[info.name].require("input_sq_norm")) for info in unit.linears]
         return outlier_ratio(metrics, self.options.M)
 
     def finish(self, values: Mapping[str, float], target: float, granularity: str) -> Scores:

@@ -124,7 +124,7 @@ def test_basic_pipeline_sparsegpt_after_lse_scoring(tiny_run_values):
 
 
 def _calibration_documents(config):
-    from lsa_framework.engine.pipeline import resolve_dataset
+    from lsa_framework.engine.plugins import resolve_dataset
 
     return resolve_dataset(config).instance.documents("calibration")
 

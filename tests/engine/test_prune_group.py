@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from lsa_framework.engine.pipeline import Plugin, prune_linears
+from lsa_framework.engine.plugins import PrunerHandle
 from lsa_framework.errors import PluginError
 from lsa_framework.types import LinearStats, Pattern
 from tests.fakes import fake_layout
@@ -30,6 +30,8 @@ class _Recorder:
 
 
 class _GroupRecorder(_Recorder):
+    capabilities: ClassVar[frozenset[str]] = frozenset({"prune_group"})
+
     def __init__(self, drop_one: bool = False) -> None:
         super().__init__()
         self.drop_one = drop_one
@@ -48,8 +50,9 @@ def test_group_pruner_is_called_once_per_input_group():
     layout = fake_layout(num_layers=1)
     instance = _GroupRecorder()
     stats = {info.name: LinearStats(0, 0) for info in layout.linears[0]}
-    masks = prune_linears(Plugin("pruners", "recorder", "tests", instance), layout.linears[0], stats,
-                          _sparsities(layout), Pattern.parse("unstructured"))  # fmt: skip
+    masks = PrunerHandle("pruners", "recorder", "tests", instance).prune_layer(
+        layout.linears[0], stats, _sparsities(layout), Pattern.parse("unstructured")
+    )
     assert set(masks) == {info.name for info in layout.linears[0]}
     assert [(kind, n) for kind, n, _ in instance.calls] == [("prune_group", 3), ("prune_group", 1),
                                                             ("prune_group", 2), ("prune_group", 1)]  # fmt: skip
@@ -61,14 +64,15 @@ def test_plain_pruner_is_called_per_linear_and_skips_unallocated():
     instance = _Recorder()
     stats = {info.name: LinearStats(0, 0) for info in layout.linears[0]}
     wanted = {k: v for k, v in _sparsities(layout).items() if not k.endswith("down_proj")}
-    masks = prune_linears(Plugin("pruners", "recorder", "tests", instance), layout.linears[0], stats, wanted,
-                          Pattern.parse("unstructured"))  # fmt: skip
+    masks = PrunerHandle("pruners", "recorder", "tests", instance).prune_layer(
+        layout.linears[0], stats, wanted, Pattern.parse("unstructured")
+    )
     assert len(instance.calls) == 6 and set(masks) == set(wanted)
 
 
 def test_group_pruner_returning_too_few_masks_is_named():
     layout = fake_layout(num_layers=1)
     stats = {info.name: LinearStats(0, 0) for info in layout.linears[0]}
-    plugin = Plugin("pruners", "recorder", "acme-pruners", _GroupRecorder(drop_one=True))
+    plugin = PrunerHandle("pruners", "recorder", "acme-pruners", _GroupRecorder(drop_one=True))
     with pytest.raises(PluginError, match=r"'recorder' from package 'acme-pruners' returned 2 masks for 3"):
-        prune_linears(plugin, layout.linears[0], stats, _sparsities(layout), Pattern.parse("unstructured"))
+        plugin.prune_layer(layout.linears[0], stats, _sparsities(layout), Pattern.parse("unstructured"))

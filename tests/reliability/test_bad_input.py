@@ -52,11 +52,12 @@ FIELD_CASES: dict[str, list[object]] = {
 )
 def test_every_field_rejects_bad_values_before_loading(field, value, tiny_run_values, monkeypatch):
     from lsa_framework.engine import pipeline
+    from lsa_framework.engine import session as session_module
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model must not be loaded before the options are validated")
 
-    monkeypatch.setattr(pipeline, "load_model", no_load)
+    monkeypatch.setattr(session_module, "load_model", no_load)
     with pytest.raises(BadInputError) as info:
         config = build_config({**tiny_run_values, field: value})
         pipeline.run(config)
@@ -152,6 +153,9 @@ def test_failing_third_party_scorer_is_named_and_output_untouched(tiny_model_dir
 
         def score(self, unit, stats):
             raise ZeroDivisionError("boom")
+
+        def finish(self, values, target, granularity):
+            raise AssertionError("never reached")
 
     plugin = types.ModuleType("exploding_plugin")
     plugin.lsaf_register_scorers = hookimpl(lambda register: register(ExplodingScorer))  # type: ignore[attr-defined]

@@ -188,9 +188,12 @@ def test_output_on_a_symlink_loop_is_refused(tiny_model_dir, tiny_text_file, tmp
 def test_unwritable_output_is_refused_before_any_work(tiny_run_values, monkeypatch):
     from lsa_framework.config import build_config
     from lsa_framework.engine import pipeline
+    from lsa_framework.engine import session as session_module
     from lsa_framework.errors import BadInputError
 
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("loaded before the output was checked"))
+    monkeypatch.setattr(
+        session_module, "load_model", lambda *a, **k: pytest.fail("loaded before the output was checked")
+    )
     unwritable = Path("/sys/lsaf-output")  # read-only even for root
     with pytest.raises(BadInputError, match="Cannot write into /sys"):
         pipeline.run(build_config({**tiny_run_values, "output": unwritable}))

@@ -75,8 +75,11 @@ def test_output_in_a_config_expands_home(tmp_path, monkeypatch):
 
 def test_max_tokens_below_one_window_is_refused_before_pruning(tiny_run_values, monkeypatch):
     from lsa_framework.engine import pipeline
+    from lsa_framework.engine import session as session_module
 
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("loaded before the options were checked"))
+    monkeypatch.setattr(
+        session_module, "load_model", lambda *a, **k: pytest.fail("loaded before the options were checked")
+    )
     config = build_config({**tiny_run_values, "eval_opts": {"perplexity": {"seqlen": 64, "max_tokens": 50}}})
     with pytest.raises(BadInputError, match="less than one window of 64 tokens"):
         pipeline.run(config)

@@ -7,7 +7,8 @@ redundant than shallow ones (Men et al. 2024, "ShortGPT: Layers in Large Languag
 Redundant Than You Expect", arXiv:2403.03853; Gromov et al. 2024, "The Unreasonable Ineffectiveness
 of the Deeper Layers", arXiv:2403.17887), and the allocations OWL, DLP and LSA compute from data
 mostly rise with depth as well; this allocator takes that shape as a prior and needs no data. It
-ignores the scorer's scores: pair it with ``--scorer uniform`` so the scoring pass is skipped.
+ignores the scorer's scores and says so (``uses_scores = False``), so no scoring pass runs whatever
+``--scorer`` is.
 
 The last step is the framework's ``finalize``: clip to [0, 0.99], spread what was clipped over the
 other layers by parameter count, and check that the parameter-weighted mean is exactly the target.
@@ -39,6 +40,7 @@ class DepthAllocator:
 
     name: ClassVar[str] = "depth"
     granularity: ClassVar[str] = "layer"
+    uses_scores: ClassVar[bool] = False  # a fixed profile: the engine skips the scoring pass
     Options: ClassVar[type[PluginOptions]] = DepthOptions
 
     def __init__(self, options: DepthOptions | None = None) -> None:

@@ -1,0 +1,500 @@
+"""The session: one loaded model and the stages every command runs on it.
+
+    lsaf run    = a session with one job: load → calibrate → score → allocate → prune → evaluate → save
+    lsaf bench  = a session per model with many jobs: one load, one calibration, ONE scoring pass for
+                  every scorer × granularity, one pruning per distinct allocation
+    lsaf eval   = a session's load and evaluate stages alone
+
+Each stage is a method here; it fires its lifecycle hook and is timed and memory-measured the same way
+(:func:`lsa_framework.engine.observer.stage`) whichever command runs it. The walk of a run, once:
+
+* ``load`` — the model (whole, or with ``--offload disk`` its decoder layers left on disk), its
+  content hash, and the layout found from its module tree (:mod:`lsa_framework.model.discovery`);
+* ``calibrate`` — the seeded token windows of the dataset's calibration split; each pass then records
+  how the model calls every layer on them (:mod:`lsa_framework.engine.layer_calls`);
+* ``score`` — one dense pass gathers, per input group, the union of the statistics every job's scorer
+  needs (and, for ``--pipeline basic``, the pruner's), and each scorer scores its allocator's units;
+* ``allocate`` — the allocator maps scores to one sparsity per unit (exact parameter-weighted mean);
+* ``prune`` — layer by layer, on the inputs of the already-pruned layers (sequential) or from the kept
+  dense statistics (basic), the pruner prunes each linear at its unit's sparsity; masks are kept packed;
+* ``evaluate`` — every evaluator on the model as it is (and once on the dense model, for "dense → pruned");
+* ``save`` — the exporters write their parts of the output folder, which appears atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lsa_framework import registry
+from lsa_framework.allocators.mapping import MAX_SPARSITY
+from lsa_framework.config import RunConfig
+from lsa_framework.data.windows import fit_seqlen, model_context, sample_windows
+from lsa_framework.engine.checkpoint import Checkpoint
+from lsa_framework.engine.layer_calls import Activations, capture_activations
+from lsa_framework.engine.masks import MaskSet
+from lsa_framework.engine.observer import Observer, stage
+from lsa_framework.engine.passes import pruning_pass, scoring_pass
+from lsa_framework.engine.plugins import (
+    AllocatorHandle,
+    DatasetHandle,
+    EvaluatorHandle,
+    Plugins,
+    PrunerHandle,
+    ScorerHandle,
+)
+from lsa_framework.engine.statistics import statistic_classes
+from lsa_framework.model.loading import LoadedModel, load_model
+from lsa_framework.result import RunResult, UnitRecord
+from lsa_framework.types import EvalContext, Layout, LinearStats, Scores, Unit
+
+
+def _units_by_layer(units: Sequence[Unit]) -> dict[int, list[Unit]]:
+    by_layer: dict[int, list[Unit]] = {}
+    for unit in units:
+        by_layer.setdefault(unit.layer, []).append(unit)
+    return by_layer
+
+
+@dataclass
+class ScoringJob:
+    """One scorer scoring one allocator's units; several jobs share one dense pass."""
+
+    key: str
+    scorer: ScorerHandle
+    units: list[Unit]
+
+
+@dataclass
+class KeptStats:
+    """Statistics the scoring pass keeps for the pruner (the basic pipeline), layer by layer, on the CPU."""
+
+    needs: frozenset[str]
+    by_layer: dict[int, dict[str, LinearStats]] = field(default_factory=dict)
+
+    def keep(self, index: int, stats: dict[str, LinearStats]) -> None:
+        """Store only what the pruner needs; linears of one input group share one copy."""
+        trimmed: dict[int, LinearStats] = {}
+        for name, value in stats.items():
+            if id(value) not in trimmed:
+                kept = value.only(self.needs)
+                kept.values = {k: v.to("cpu") for k, v in kept.values.items()}
+                trimmed[id(value)] = kept
+            self.by_layer.setdefault(index, {})[name] = trimmed[id(value)]
+
+
+@dataclass
+class Allocation:
+    """A job's units with their scores and sparsities."""
+
+    units: list[Unit]
+    values: dict[str, float]
+    scores: Scores
+    sparsities: dict[str, float]
+    note: str | None = None
+
+    @property
+    def linear_sparsity(self) -> dict[str, float]:
+        return {info.name: self.sparsities[u.name] for u in self.units for info in u.linears}
+
+    def summary(self, granularity: str, used_scores: bool) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "scorer_spread": self.scores.spread,
+            "granularity": granularity,
+            "scores_used": used_scores,
+            # units the final step pinned at a bound (its excess went to the others by size)
+            "clipped_units": sorted(n for n, v in self.sparsities.items() if v <= 0.0 or v >= MAX_SPARSITY),
+        }
+        if self.note:
+            summary["note"] = self.note
+        return summary
+
+
+class Session:
+    """A model and everything the jobs run on it share."""
+
+    def __init__(self, config: RunConfig, dataset: DatasetHandle, observer: Observer, staging: Path | None = None):
+        self.config = config
+        self.dataset = dataset
+        self.observer = observer
+        self.staging = staging
+        self.device = config.torch_device
+        self.loaded: LoadedModel | None = None
+        self.layout: Layout | None = None
+        self.input_ids: torch.Tensor | None = None
+        self.model_sha256 = ""
+        self.source = ""
+        self._dense: dict[str, torch.Tensor] | None = None
+        self._dense_metrics: dict[str, dict[str, float]] = {}
+        if config.threads:
+            torch.set_num_threads(config.threads)
+
+    @property
+    def hooks(self) -> Any:
+        return registry.plugin_manager().hook
+
+    # --- load ------------------------------------------------------------------------------------------
+
+    def load(self, result: RunResult | None = None) -> None:
+        """The model, its content hash and its layout; a no-op once loaded."""
+        if self.loaded is not None:
+            return
+        with _maybe_stage(result, "load"):
+            self.loaded = load_model(self.config.model, self.config.dtype, offload_staging=self.staging)
+            self.source = self.loaded.source
+            self.model_sha256 = self.loaded.digest()
+            self.layout = self.loaded.layout()
+
+    @property
+    def model(self) -> Any:
+        assert self.loaded is not None, "load() first"
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        assert self.loaded is not None, "load() first"
+        return self.loaded.tokenizer
+
+    def describe(self, result: RunResult) -> None:
+        """Record what the session ran on into ``result``."""
+        result.model_source = self.source
+        result.model_sha256 = self.model_sha256
+        if self.input_ids is not None:
+            result.calibration = {"nsamples": int(self.input_ids.shape[0]), "seqlen": int(self.input_ids.shape[1])}
+
+    # --- calibrate -------------------------------------------------------------------------------------
+
+    def seqlen(self) -> int:
+        """``--seqlen``, or the model's context when the default exceeds it (an explicit one may not)."""
+        explicit = "seqlen" in self.config.model_fields_set
+        seqlen, notice = fit_seqlen(self.config.seqlen, model_context(self.model), explicit)
+        if notice:
+            self.observer.message(notice)
+        return seqlen
+
+    def calibrate(self, result: RunResult | None = None) -> None:
+        """The seeded calibration windows; a no-op once drawn."""
+        if self.input_ids is not None:
+            return
+        with _maybe_stage(result, "calibration"):
+            documents = self.dataset.documents("calibration")
+            c = self.config
+            self.input_ids = sample_windows(self.tokenizer, documents, c.nsamples, self.seqlen(), c.seed)
+
+    def activations(self) -> Activations:
+        """The windows at the first layer's input, with how the model calls each layer (a dry pass)."""
+        assert self.layout is not None and self.input_ids is not None
+        stack = _stack_of(self.model, self.layout)
+        return capture_activations(self.model, stack, self.input_ids, self.config.batch_size, self.device)
+
+    # --- score -----------------------------------------------------------------------------------------
+
+    def score(self, jobs: Sequence[ScoringJob], kept: KeptStats | None = None) -> dict[str, dict[str, float]]:
+        """Unit scores of every job. Jobs whose scorer needs statistics share ONE dense pass that gathers
+        the union of their needs; the others are scored without touching the data. With ``kept``, the
+        same pass also gathers and keeps the pruner's statistics."""
+        layout = self.layout
+        assert layout is not None
+        values: dict[str, dict[str, float]] = {job.key: {} for job in jobs}
+        data_jobs = [job for job in jobs if job.scorer.needs]
+        for job in jobs:
+            if job not in data_jobs:
+                for layer, units in _units_by_layer(job.units).items():
+                    with layout.resident(layer):  # a weight-only scorer still reads the weights
+                        values[job.key].update({u.name: job.scorer.score(u, {}) for u in units})
+        needs = frozenset().union(*(job.scorer.needs for job in data_jobs), kept.needs if kept else ())
+        if not needs:
+            return values
+        by_layer = {job.key: _units_by_layer(job.units) for job in data_jobs}
+
+        def on_stats(index: int, stats: dict[str, LinearStats]) -> None:
+            for job in data_jobs:
+                for unit in by_layer[job.key].get(index, []):
+                    values[job.key][unit.name] = job.scorer.score(unit, stats)
+            if kept is not None:
+                kept.keep(index, stats)
+
+        classes = statistic_classes(needs)
+        self.observer.start_pass("scoring", layout.num_layers)
+        scoring_pass(layout, self.activations(), needs, on_stats, lambda _i: self.observer.advance(), classes)
+        self.observer.end_pass()
+        return values
+
+    # --- allocate --------------------------------------------------------------------------------------
+
+    def allocate(
+        self,
+        scorer: ScorerHandle,
+        allocator: AllocatorHandle,
+        units: list[Unit],
+        values: dict[str, float],
+        config: RunConfig | None = None,
+    ) -> Allocation:
+        """Per-unit sparsities from the scores, for the job ``config`` (the N:M pattern, when given, fixes them)."""
+        config = config or self.config
+        target = config.target_sparsity
+        if allocator.uses_scores:
+            scores = scorer.finish(values, target, allocator.granularity)
+        else:
+            scores = Scores(dict.fromkeys(values, 0.0), higher_is_important=True, spread=0.0)
+        sparsities = allocator.allocate(scores, units, target)
+        pattern = config.parsed_pattern
+        if pattern.is_nm:
+            # N:M fixes the sparsity of every group of M weights; scores are kept for the report only.
+            note = f"{pattern} fixes every unit at {target:g}; allocation not applied"
+            return Allocation(units, values, scores, dict.fromkeys(sparsities, target), note)
+        return Allocation(units, values, scores, sparsities)
+
+    # --- prune -----------------------------------------------------------------------------------------
+
+    def keep_dense(self) -> None:
+        """Remember the dense weights, so that several jobs can each prune the dense model (bench)."""
+        assert self.loaded is not None and self.layout is not None
+        if self._dense is not None or self.loaded.disk is not None:
+            return  # offloaded layers are re-read from their original files instead
+        self._dense = {info.name: info.weight.detach().clone() for info in self.layout.all_linears()}
+
+    def restore_dense(self) -> None:
+        assert self.loaded is not None and self.layout is not None
+        if self.loaded.disk is not None:
+            self.loaded.disk.reset()
+            return
+        if self._dense is None:
+            return
+        with torch.no_grad():
+            for info in self.layout.all_linears():
+                info.weight.copy_(self._dense[info.name])
+
+    def prune(
+        self,
+        pruner: PrunerHandle,
+        allocation: Allocation,
+        report: RunResult | None,
+        checkpoint: Checkpoint | None = None,
+        kept: KeptStats | None = None,
+        config: RunConfig | None = None,
+    ) -> MaskSet:
+        """The pruning pass, for the job ``config``; returns every linear's mask.
+
+        Sequential (statistics from the inputs of the already-pruned layers) unless ``kept`` holds the
+        dense model's statistics (the basic pipeline): then no forward runs. With a checkpoint, each
+        pruned layer is saved as soon as it is done, and a resumed run starts after the last saved layer.
+        """
+        layout = self.layout
+        assert layout is not None
+        linear_sparsity = allocation.linear_sparsity
+        pattern = (config or self.config).parsed_pattern
+        masks = MaskSet()
+        start = checkpoint.layers_done if checkpoint is not None else 0
+
+        def restore_layer(index: int) -> None:
+            assert checkpoint is not None
+            checkpoint.restore_layer(layout, index, masks)
+
+        def prune_layer(index: int, stats: dict[str, LinearStats]) -> None:
+            found = pruner.prune_layer(layout.linears[index], stats, linear_sparsity, pattern)
+            for name, mask in found.items():
+                masks.add(name, mask)
+            self.hooks.lsaf_after_layer_pruned(layer_index=index, masks=found, report=report)
+            if checkpoint is not None:
+                checkpoint.save_layer(layout, index, masks)
+
+        needs = pruner.needs
+        acts = self.activations() if needs and kept is None else None  # no forward for data-free masks
+        saved = dict(kept.by_layer) if kept is not None else None  # a copy: the pass drops what it used
+        self.observer.start_pass("pruning", layout.num_layers)
+        pruning_pass(
+            layout,
+            acts,
+            needs,
+            prune_layer,
+            lambda _i: self.observer.advance(),
+            start,
+            restore_layer if checkpoint is not None else None,
+            saved_stats=saved,
+            classes=statistic_classes(needs),
+        )
+        self.observer.end_pass()
+        return masks
+
+    def unit_records(self, allocation: Allocation) -> list[UnitRecord]:
+        """Allocated and realised (zeros counted in the weights) sparsity of every unit."""
+        layout = self.layout
+        assert layout is not None
+        records = []
+        for layer, layer_units in _units_by_layer(allocation.units).items():
+            with layout.resident(layer):
+                for u in layer_units:
+                    zeros = sum(int((info.weight == 0).sum()) for info in u.linears)
+                    score, sparsity = allocation.values[u.name], allocation.sparsities[u.name]
+                    records.append(UnitRecord(u.name, u.layer, u.numel, score, sparsity, zeros / u.numel))
+        order = {u.name: i for i, u in enumerate(allocation.units)}
+        return sorted(records, key=lambda r: order[r.name])
+
+    # --- evaluate --------------------------------------------------------------------------------------
+
+    def evaluate(self, evaluators: Sequence[EvaluatorHandle], config: RunConfig | None = None) -> dict[str, float]:
+        """Every evaluator's metrics on the model as it is now."""
+        assert self.loaded is not None
+        config = config or self.config
+        seqlen = int(self.input_ids.shape[1]) if self.input_ids is not None else self.seqlen()
+        context = EvalContext(config=config, dataset=self.dataset.instance, layout=self.layout, seqlen=seqlen)
+        metrics: dict[str, float] = {}
+        self.loaded.place(self.device)
+        try:
+            for evaluator in evaluators:
+                self.observer.message(f"evaluating {evaluator.name}")
+                metrics.update(evaluator.evaluate(self.model, self.tokenizer, context))
+        finally:
+            self.loaded.place(torch.device("cpu"))
+        return metrics
+
+    def dense_metrics(self, evaluators: Sequence[EvaluatorHandle], config: RunConfig | None = None) -> dict:
+        """The evaluators on the dense model: once per session and evaluator settings, and remembered
+        in lsaf's cache by the model's content hash, so repeated runs of one model pay it once."""
+        config = config or self.config
+        key = self._dense_key(evaluators, config)
+        if key not in self._dense_metrics:
+            cached = _DenseCache.get(key) if self.model_sha256 else None
+            if cached is None:
+                self.observer.message("evaluating the dense model")
+                cached = self.evaluate(evaluators, config)
+                if self.model_sha256:
+                    _DenseCache.put(key, cached)
+            self._dense_metrics[key] = cached
+        return dict(self._dense_metrics[key])
+
+    def _dense_key(self, evaluators: Sequence[EvaluatorHandle], config: RunConfig) -> str:
+        from lsa_framework import __version__
+
+        payload = {
+            "lsa_framework": __version__,
+            "model_sha256": self.model_sha256,
+            "dtype": config.dtype,
+            "device": str(self.device),
+            "dataset": [self.dataset.name, config.calibration, config.calibration_opts],
+            "seqlen": int(self.input_ids.shape[1]) if self.input_ids is not None else config.seqlen,
+            "evaluators": [[e.name, e.instance.options.model_dump(mode="json")] for e in evaluators],
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    # --- one job ---------------------------------------------------------------------------------------
+
+    def run_job(
+        self,
+        plugins: Plugins,
+        result: RunResult,
+        checkpoint: Checkpoint | None = None,
+        values: dict[str, float] | None = None,
+        kept: KeptStats | None = None,
+    ) -> MaskSet:
+        """Score (unless ``values`` are given), allocate, prune and evaluate one job, into ``result``."""
+        config = result.config
+        self.hooks.lsaf_before_run(config=config)
+        self.load(result)
+        assert self.layout is not None
+        if checkpoint is not None:
+            checkpoint.bind_model(self.model_sha256, config.model)
+        units = plugins.allocator.units(self.layout)
+        self.calibrate(result)
+        self.describe(result)
+        if config.pipeline == "basic" and kept is None:
+            kept = KeptStats(plugins.pruner.needs)  # the basic pipeline: one forward in all
+        with stage(result, "scoring"):
+            values = values if values is not None else (checkpoint.scores if checkpoint is not None else None)
+            if not plugins.allocator.uses_scores:
+                values = dict.fromkeys((u.name for u in units), 0.0)
+            needs_pass = kept is not None and kept.needs and not kept.by_layer
+            if values is None or needs_pass:
+                scorer = plugins.scorer if plugins.allocator.uses_scores else _no_scores(plugins.scorer)
+                found = self.score([ScoringJob("run", scorer, units)], kept)["run"]
+                values = values if values is not None else found
+                if checkpoint is not None:
+                    checkpoint.save_scores(values)
+        with stage(result, "allocation"):
+            allocation = self.allocate(plugins.scorer, plugins.allocator, units, values, config)
+            result.allocation = allocation.summary(plugins.allocator.granularity, plugins.allocator.uses_scores)
+        self.hooks.lsaf_after_scoring(scores=allocation.scores, report=result)
+        self.hooks.lsaf_after_allocation(sparsities=allocation.sparsities, report=result)
+        result.headlines = {e.name: e.headline for e in plugins.evaluators}
+        if config.eval_dense and plugins.evaluators:
+            with stage(result, "dense evaluation"):
+                result.dense_metrics = self.dense_metrics(plugins.evaluators, config)
+        with stage(result, "pruning"):
+            masks = self.prune(plugins.pruner, allocation, result, checkpoint, kept, config)
+            result.mask_hashes = dict(masks.hashes)
+        result.units = self.unit_records(allocation)
+        with stage(result, "evaluation"):
+            result.metrics = self.evaluate(plugins.evaluators, config)
+        self.hooks.lsaf_after_run(result=result)
+        return masks
+
+
+def _no_scores(scorer: ScorerHandle) -> ScorerHandle:
+    """A stand-in for a scorer whose scores the allocator ignores: no statistics, no work."""
+    return ScorerHandle(scorer.kind, scorer.name, scorer.distribution, _Zero())
+
+
+class _Zero:
+    needs: frozenset[str] = frozenset()
+
+    def score(self, unit: Unit, stats: Any) -> float:
+        return 0.0
+
+
+def _stack_of(model: Any, layout: Layout) -> torch.nn.ModuleList:
+    """The model's ModuleList holding the layout's layers (the one the model iterates)."""
+    if isinstance(layout.stack, torch.nn.ModuleList):
+        return layout.stack
+    first = layout.layers[0]
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == len(layout.layers) and module[0] is first:
+            return module
+    raise RuntimeError("the decoder layers are no longer in the model")
+
+
+def _maybe_stage(result: RunResult | None, name: str) -> AbstractContextManager[None]:
+    """``stage(result, name)`` when there is a result to record into."""
+    return stage(result, name) if result is not None else nullcontext()
+
+
+class _DenseCache:
+    """Dense metrics by their key, in lsaf's cache (one small JSON file)."""
+
+    @staticmethod
+    def _path() -> Path:
+        from lsa_framework.data import cache_dir
+
+        return cache_dir() / "dense_metrics.json"
+
+    @classmethod
+    def _read(cls) -> dict[str, dict[str, float]]:
+        try:
+            data = json.loads(cls._path().read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    @classmethod
+    def get(cls, key: str) -> dict[str, float] | None:
+        value = cls._read().get(key)
+        return dict(value) if isinstance(value, dict) else None
+
+    @classmethod
+    def put(cls, key: str, metrics: dict[str, float]) -> None:
+        from lsa_framework.storage.atomic import make_folder, write_json
+
+        data = cls._read()
+        data[key] = metrics
+        try:
+            make_folder(cls._path().parent)
+            write_json(cls._path(), data)
+        except OSError:
+            pass  # a read-only cache only costs a re-evaluation next time

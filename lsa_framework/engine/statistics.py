@@ -1,0 +1,143 @@
+"""Activation statistics: registered accumulators, gathered by forward hooks once per input group.
+
+Linears that read the same tensor (q/k/v, gate/up) form an input group: one hook per group, one
+accumulation per statistic, shared by its linears. A statistic is a plugin (``lsaf_register_statistics``)
+so a third-party scorer can bring the one it needs; the engine gathers the union of what the run's
+plugins name in ``needs``, in the same forward. Accumulation is in float32 whatever the model's dtype.
+
+The two built-in statistics are the references' own:
+
+* ``input_sq_norm`` — Σ_tokens x_j² per input channel, divided by the number of sequences (Wanda's
+  ``scaler_row``);
+* ``gram`` — H = (2/n) Σ XᵀX over all tokens, n = the number of sequences (SparseGPT's Hessian).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+
+from lsa_framework.hookspecs import hookimpl
+from lsa_framework.types import LinearInfo, LinearStats
+
+
+class InputSqNorm:
+    """Σ_tokens x_j², per input channel, over the number of sequences (Wanda's ``scaler_row``)."""
+
+    name: ClassVar[str] = "input_sq_norm"
+
+    def __init__(self, in_features: int, device: Any) -> None:
+        self.total = torch.zeros(in_features, dtype=torch.float32, device=device)
+
+    def add(self, x: torch.Tensor, batch: int) -> None:
+        self.total += x.pow(2).sum(dim=0)
+
+    def result(self, nsamples: int, ntokens: int) -> torch.Tensor:
+        return self.total / max(nsamples, 1)
+
+
+class Gram:
+    """H = (2/n) Σ XᵀX, n = the number of sequences (SparseGPT's Hessian)."""
+
+    name: ClassVar[str] = "gram"
+
+    def __init__(self, in_features: int, device: Any) -> None:
+        self.total = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+
+    def add(self, x: torch.Tensor, batch: int) -> None:
+        self.total.addmm_(x.T, x)
+
+    def result(self, nsamples: int, ntokens: int) -> torch.Tensor:
+        return self.total * (2.0 / max(nsamples, 1))
+
+
+@hookimpl
+def lsaf_register_statistics(register: Any) -> None:
+    register(InputSqNorm)
+    register(Gram)
+
+
+def registered_statistics() -> dict[str, type]:
+    """Every registered statistic class by name."""
+    from lsa_framework import registry
+
+    return {name: entry.cls for name, entry in registry.collect("statistics").items()}
+
+
+class _Group:
+    """The accumulators of one input group during one pass."""
+
+    def __init__(self, in_features: int, classes: Mapping[str, type], device: Any) -> None:
+        self.nsamples = 0
+        self.ntokens = 0
+        self.parts = {name: cls(in_features, device) for name, cls in classes.items()}
+
+    def add(self, x: torch.Tensor) -> None:
+        # x: (batch, tokens, in), (tokens, in) or flattened by the model (OPT); a "sample" is one sequence
+        batch = x.shape[0] if x.dim() == 3 else 1
+        flat = x.reshape(-1, x.shape[-1]).float()
+        self.nsamples += batch
+        self.ntokens += flat.shape[0]
+        for part in self.parts.values():
+            part.add(flat, batch)
+
+    def result(self) -> LinearStats:
+        values = {name: part.result(self.nsamples, self.ntokens) for name, part in self.parts.items()}
+        return LinearStats(self.nsamples, self.ntokens, values)
+
+
+def statistic_classes(needs: Iterable[str]) -> dict[str, type]:
+    """The classes of the statistics named in ``needs``; an unknown name fails with the known ones."""
+    wanted = sorted(set(needs))
+    if not wanted:
+        return {}
+    known = registered_statistics()
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ValueError(f"unknown statistics requested: {unknown}; registered: {sorted(known)}")
+    return {name: known[name] for name in wanted}
+
+
+@contextmanager
+def gather_stats(
+    linears: Sequence[LinearInfo], needs: Iterable[str], classes: Mapping[str, type] | None = None
+) -> Iterator[dict[str, LinearStats]]:
+    """Hook ``linears`` while the caller runs forwards; on exit, fill the yielded dict.
+
+    The dict maps each linear's name to its group's statistics. With no ``needs`` no hook is set.
+    ``classes`` (name → statistic class) saves a registry lookup per layer.
+    """
+    wanted = frozenset(needs)
+    chosen = dict(classes) if classes is not None else statistic_classes(wanted)
+    chosen = {name: cls for name, cls in chosen.items() if name in wanted}
+    missing = wanted - set(chosen)
+    if missing:
+        raise ValueError(f"unknown statistics requested: {sorted(missing)}")
+    result: dict[str, LinearStats] = {}
+    groups: dict[str, list[LinearInfo]] = {}
+    for info in linears:
+        groups.setdefault(info.input_group, []).append(info)
+    accumulators: dict[str, _Group] = {}
+    handles = []
+    if chosen:
+        for group, members in groups.items():
+            first = members[0]
+            acc = _Group(first.in_features, chosen, first.weight.device)
+            accumulators[group] = acc
+
+            def hook(_module: Any, args: tuple[Any, ...], _acc: _Group = acc) -> None:
+                _acc.add(args[0].detach())
+
+            handles.append(first.module.register_forward_pre_hook(hook))
+    try:
+        yield result
+    finally:
+        for handle in handles:
+            handle.remove()
+    for group, members in groups.items():
+        stats = accumulators[group].result() if group in accumulators else LinearStats(0, 0)
+        for info in members:
+            result[info.name] = stats

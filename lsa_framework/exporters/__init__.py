@@ -1,0 +1,1 @@
+"""Exporters: plugins that write parts of a run's output folder (``--export``)."""
