@@ -28,6 +28,7 @@ from lsa_framework.types import contract_problems
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "lsa_framework.engine.statistics",
+    "lsa_framework.model.architectures",
     "lsa_framework.data.builtin",
     "lsa_framework.data.files",
     "lsa_framework.data.hub",

@@ -113,6 +113,9 @@ class Layout:
     )
     #: the model's ``nn.ModuleList`` of decoder layers (the engine drives the layers through it)
     stack: Any = field(default=None, repr=False, compare=False)
+    #: a token every sequence must start with (Gemma's ``<bos>``); calibration and perplexity windows
+    #: then begin with it. None: windows are plain slices of the text, as in the references.
+    bos_token_id: int | None = None
 
     @property
     def num_layers(self) -> int:

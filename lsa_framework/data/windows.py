@@ -60,8 +60,17 @@ def fit_seqlen(seqlen: int, context: int | None, explicit: bool, flag: str = "--
     return context, f"sequence length {seqlen} shortened to the model's context of {context} tokens"
 
 
-def sample_windows(tokenizer: Any, documents: Sequence[str], nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """``nsamples`` random windows of ``seqlen`` tokens of ``documents``, a LongTensor (nsamples, seqlen)."""
+def sample_windows(
+    tokenizer: Any, documents: Sequence[str], nsamples: int, seqlen: int, seed: int, bos: int | None = None
+) -> torch.Tensor:
+    """``nsamples`` random windows of ``seqlen`` tokens of ``documents``, a LongTensor (nsamples, seqlen).
+
+    With ``bos``, each window is that token followed by ``seqlen - 1`` tokens of text (for models that
+    need it at the start of every sequence); the text windows are drawn exactly as without it.
+    """
+    if bos is not None:
+        text = sample_windows(tokenizer, documents, nsamples, seqlen - 1, seed)
+        return torch.cat([torch.full((text.shape[0], 1), bos, dtype=torch.long), text], dim=1)
     if nsamples <= 0:
         raise BadInputError(f"The number of calibration samples must be positive, not {nsamples}; pass --nsamples 128.")
     if seqlen <= 0:

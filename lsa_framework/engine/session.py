@@ -168,6 +168,8 @@ class Session:
         result.model_sha256 = self.model_sha256
         if self.input_ids is not None:
             result.calibration = {"nsamples": int(self.input_ids.shape[0]), "seqlen": int(self.input_ids.shape[1])}
+            if self.layout is not None and self.layout.bos_token_id is not None:
+                result.calibration["bos_token_id"] = self.layout.bos_token_id
 
     # --- calibrate -------------------------------------------------------------------------------------
 
@@ -186,7 +188,8 @@ class Session:
         with _maybe_stage(result, "calibration"):
             documents = self.dataset.documents("calibration")
             c = self.config
-            self.input_ids = sample_windows(self.tokenizer, documents, c.nsamples, self.seqlen(), c.seed)
+            bos = self.layout.bos_token_id if self.layout is not None else None
+            self.input_ids = sample_windows(self.tokenizer, documents, c.nsamples, self.seqlen(), c.seed, bos)
 
     def activations(self) -> Activations:
         """The windows at the first layer's input, with how the model calls each layer (a dry pass)."""

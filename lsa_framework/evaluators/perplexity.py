@@ -4,7 +4,10 @@
 
 The evaluation documents are joined with blank lines and tokenized once; the token stream is cut into
 non-overlapping windows of ``seqlen`` (the tail shorter than a window is dropped) and
-ppl = exp(Σ_windows mean-NLL · seqlen / (windows · seqlen)).
+ppl = exp(Σ_windows mean-NLL · seqlen / (windows · seqlen)). For a model whose layout asks for a
+token at the start of every sequence (Gemma's ``<bos>``), each window is that token and ``seqlen − 1``
+tokens of text. The windows are evaluated a few at a time, as many as keep their float32 logits under
+1 GiB (Gemma's 262k-token vocabulary: one 512-token window at a time).
 """
 
 from __future__ import annotations
@@ -42,9 +45,14 @@ def windows_per_batch(seqlen: int, vocab: int, batch_size: int, budget: int = LO
     return max(1, min(batch_size, budget // per_window))
 
 
-def perplexity(model: Any, ids: torch.Tensor, seqlen: int, batch_size: int) -> float:
-    """exp of the mean next-token NLL over non-overlapping windows of ``ids`` (shape (1, N))."""
-    windows = ids.shape[1] // seqlen
+def perplexity(model: Any, ids: torch.Tensor, seqlen: int, batch_size: int, bos: int | None = None) -> float:
+    """exp of the mean next-token NLL over non-overlapping windows of ``ids`` (shape (1, N)).
+
+    With ``bos`` (a model that needs it at the start of every sequence) each window is that token and
+    the next ``seqlen - 1`` tokens of text, so every window still predicts ``seqlen - 1`` tokens.
+    """
+    text = seqlen - 1 if bos is not None else seqlen
+    windows = ids.shape[1] // text
     if windows == 0:
         raise BadInputError(
             f"The evaluation text has {ids.shape[1]} tokens, fewer than one window of {seqlen}; "
@@ -52,7 +60,9 @@ def perplexity(model: Any, ids: torch.Tensor, seqlen: int, batch_size: int) -> f
         )
     vocab = int(getattr(model.config, "vocab_size", 0) or 1)
     batch_size = windows_per_batch(seqlen, vocab, batch_size)
-    chunks = ids[0, : windows * seqlen].view(windows, seqlen)
+    chunks = ids[0, : windows * text].view(windows, text)
+    if bos is not None:
+        chunks = torch.cat([torch.full((windows, 1), bos, dtype=torch.long), chunks], dim=1)
     total_nll = 0.0
     with torch.no_grad():
         for start in range(0, windows, batch_size):
@@ -93,7 +103,8 @@ class PerplexityEvaluator:
             seqlen, _ = fit_seqlen(asked, model_context(model), False)
         documents = context.dataset.documents("evaluation")
         ids = evaluation_ids(tokenizer, documents, self.options.max_tokens)
-        value = perplexity(model, ids, seqlen, self.options.batch_size)
+        bos = context.layout.bos_token_id if context.layout is not None else None
+        value = perplexity(model, ids, seqlen, self.options.batch_size, bos)
         return {"perplexity": value}
 
 
