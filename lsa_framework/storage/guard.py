@@ -27,6 +27,8 @@ MARKER = ".lsaf.json"
 WRITTEN_BY = "lsa_framework"
 #: What run outputs of lsaf versions before the marker held (recognised by their run.json).
 LEGACY_RUN_ENTRIES = frozenset({"model", "run.json", "report.md", "sparsity_profile.png"})
+#: What bench folders of lsaf versions before the marker held (recognised by their results.json).
+LEGACY_BENCH_ENTRIES = frozenset({"results.json", "scores.json", "results.csv", "results.md", "*.png"})
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,13 @@ def read_marker(folder: Path) -> Marker | None:
         run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
         if isinstance(run, dict) and "lsa_framework" in (run.get("versions") or {}):
             return Marker("run", LEGACY_RUN_ENTRIES)
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    try:  # a bench folder of an lsaf version that wrote no marker
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        cells = results.get("cells") if isinstance(results, dict) else None
+        if isinstance(cells, list) and all(isinstance(c, dict) and "method" in c for c in cells):
+            return Marker("bench", LEGACY_BENCH_ENTRIES)
     except (OSError, ValueError, AttributeError, TypeError):
         pass
     return None
