@@ -178,9 +178,9 @@ AS_JSON = _flag("as_json", Annotated[bool, typer.Option("--json", help="Print ru
 
 RUN_FIELDS = [
     "model", "dtype", "scorer", "allocator", "pruner", "sparsity", "pattern", "calibration", "nsamples", "seqlen",
-    "seed", "batch_size", "eval", "eval_dense", "export", "scorer_opts", "allocator_opts", "pruner_opts",
-    "calibration_opts", "eval_opts", "export_opts", "output", "overwrite", "resume", "threads", "device", "pipeline",
-    "offload",
+    "seed", "batch_size", "eval", "eval_dense", "export", "recover", "scorer_opts", "allocator_opts", "pruner_opts",
+    "calibration_opts", "eval_opts", "export_opts", "recover_opts", "output", "overwrite", "resume", "threads",
+    "device", "pipeline", "offload",
 ]  # fmt: skip
 EVAL_FIELDS = ["dtype", "calibration", "calibration_opts", "seqlen", "eval", "eval_opts", "output", "overwrite",
                "threads", "device"]  # fmt: skip
@@ -274,6 +274,64 @@ def bench(
             store = run_grid(grid, output, observer, overwrite=overwrite)
     out.print((output / "results.md").read_text() if (output / "results.md").is_file() else "no results")
     out.print(f"{len(store.records)} cells in {output}")
+
+
+RECOVER_FIELDS = ["recover_opts", "nsamples", "seqlen", "seed", "batch_size", "eval", "eval_opts", "output",
+                  "overwrite", "resume", "threads", "device"]  # fmt: skip
+
+
+def _recover(**flags: Any) -> None:
+    """Fine-tune a pruned output keeping its masks (every pruned weight stays exactly zero)."""
+    observer = _RichObserver(flags["quiet"] or flags["as_json"])
+    with _command(flags["debug"], observer, resumable=True):
+        from lsa_framework.engine.recover import recover_output
+
+        values = values_from_flags(flags)
+        values["recover"] = flags["method"]
+        for option in ("steps", "lr"):
+            if flags.get(option) is not None:
+                values.setdefault("recover_opts", {})[option] = flags[option]
+        result = recover_output(flags["pruned"], values, observer)
+    if flags["as_json"]:
+        out.print_json(json.dumps(result.to_json()))
+        return
+    recovery = result.extra["recovery"]
+    table = Table(title=f"{recovery['method']} recovery of {flags['pruned']}")
+    table.add_column("metric")
+    table.add_column("pruned", justify="right")
+    table.add_column("recovered", justify="right")
+    for metric, value in result.headline_values().items():
+        before = recovery["metrics_before"].get(metric)
+        table.add_row(metric, "" if before is None else f"{before:.4f}", f"{value:.4f}")
+    out.print(table)
+    out.print(f"masks unchanged: {recovery['masks_unchanged']}; output written to {result.output}")
+
+
+PRUNED_ARGUMENT = inspect.Parameter(
+    "pruned",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    annotation=Annotated[Path, typer.Argument(help="The --output folder of an lsaf run (model/ and run.json).")],
+)
+METHOD = inspect.Parameter(
+    "method",
+    inspect.Parameter.KEYWORD_ONLY,
+    default="lora",
+    annotation=Annotated[str, typer.Option(help="The recoverer: lora or masked (or an installed plugin's).")],
+)
+STEPS = inspect.Parameter(
+    "steps", inspect.Parameter.KEYWORD_ONLY, default=None,
+    annotation=Annotated[int | None, typer.Option(help="Optimizer steps (sets --recover-opt steps).")],
+)  # fmt: skip
+LR = inspect.Parameter(
+    "lr", inspect.Parameter.KEYWORD_ONLY, default=None,
+    annotation=Annotated[float | None, typer.Option(help="Peak learning rate (sets --recover-opt lr).")],
+)  # fmt: skip
+app.command("recover")(
+    _with_signature(
+        _recover,
+        [PRUNED_ARGUMENT, METHOD, STEPS, LR, *config_parameters(RECOVER_FIELDS), QUIET, AS_JSON, DEBUG],
+    )
+)
 
 
 @app.command()

@@ -28,6 +28,7 @@ PLUGIN_FIELDS = {
     "calibration": "datasets",
     "eval": "evaluators",
     "export": "exporters",
+    "recover": "recoverers",
 }
 #: ``*_opts`` fields whose keys are NAME.KEY (options of several plugins at once).
 NAMED_OPTS = {"eval_opts": "eval", "export_opts": "export"}

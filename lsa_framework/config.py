@@ -50,12 +50,16 @@ class RunConfig(BaseModel):
     export: list[str] = Field(
         default_factory=lambda: ["safetensors"], description="Exporters that write the output folder's parts."
     )
+    recover: str | None = Field(
+        default=None, description="A recoverer to fine-tune the pruned model with, keeping its masks (lora, masked)."
+    )
     scorer_opts: dict[str, Any] = Field(default_factory=dict)
     allocator_opts: dict[str, Any] = Field(default_factory=dict)
     pruner_opts: dict[str, Any] = Field(default_factory=dict)
     calibration_opts: dict[str, Any] = Field(default_factory=dict)
     eval_opts: dict[str, dict[str, Any]] = Field(default_factory=dict)
     export_opts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    recover_opts: dict[str, Any] = Field(default_factory=dict)
     output: Path | None = None
     overwrite: bool = False
     resume: bool = Field(default=False, description="Continue an interrupted run with the same settings and output.")

@@ -117,6 +117,19 @@ def lsaf_register_exporters(register: Any) -> None:
 
 
 @hookspec
+def lsaf_register_recoverers(register: Any) -> None:
+    """Register recoverers, which fine-tune a pruned model keeping its masks: call ``register(cls)``.
+
+    A recoverer class (protocol :class:`lsa_framework.types.Recoverer`) has a ``name`` (what
+    ``--recover`` and ``lsaf recover --method`` take), ``Options`` and ``recover(model, context)``,
+    which trains the model in place on ``context.windows`` (calibration windows) so that every weight
+    that is zero in ``context.linear_names`` stays exactly zero.
+
+    :param register: callable taking one plugin class; the core checks the name and keeps the first.
+    """
+
+
+@hookspec
 def lsaf_register_statistics(register: Any) -> None:
     """Register activation statistics that scorers and pruners may name in ``needs``: call ``register(cls)``.
 

@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lsa_framework.evaluators.zeroshot",
     "lsa_framework.exporters.safetensors",
     "lsa_framework.exporters.masks",
+    "lsa_framework.recovery.plugins",
 )
 
 #: kind -> the registration hook that fills it
@@ -57,6 +58,7 @@ KINDS: dict[str, str] = {
     "architectures": "lsaf_register_architectures",
     "exporters": "lsaf_register_exporters",
     "statistics": "lsaf_register_statistics",
+    "recoverers": "lsaf_register_recoverers",
 }
 
 BUILTIN_DISTRIBUTION = "lsa-framework"

@@ -273,6 +273,17 @@ class ExportContext:
     base_identity: Mapping[str, str]  # {"model": spec, "source": path, "sha256": content hash}
 
 
+@dataclass
+class RecoveryContext:
+    """What a recoverer trains on and where it may keep its checkpoints."""
+
+    windows: Any  # LongTensor (n, seqlen): calibration windows (never the evaluation text)
+    linear_names: list[str]  # the pruned linears, by module name: their zeros are the masks to keep
+    checkpoint_dir: Any = None  # a folder for resumable checkpoints (None: none)
+    resume: bool = False
+    on_step: Callable[[int, float], None] | None = None  # (step, loss) after every optimizer step
+
+
 # --- the contract of each plugin kind -------------------------------------------------------------------
 
 
@@ -408,6 +419,25 @@ class Exporter(Protocol):
 
 
 @runtime_checkable
+class Recoverer(Protocol):
+    """``--recover`` / ``lsaf recover``: fine-tunes the pruned model; every pruned weight stays exactly zero.
+
+    ``recover`` returns a :class:`lsa_framework.recovery.training.RecoveryResult`. Capability
+    ``"extra_output"``: ``save_extra(recovered, folder) -> names`` writes more of the output folder
+    (the ``lora`` recoverer's unmerged ``adapter/``) before ``model/`` is written.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]]
+
+    def __init__(self, options: Any) -> None: ...
+
+    def recover(self, model: Any, context: RecoveryContext) -> Any:
+        """Train ``model`` in place on ``context.windows``; raise if a pruned weight would change."""
+        ...
+
+
+@runtime_checkable
 class Statistic(Protocol):
     """An activation statistic accumulated from a linear's inputs, registered under ``name``.
 
@@ -433,6 +463,7 @@ CONTRACTS: dict[str, tuple[type, dict[str, str | None]]] = {
     "datasets": (Dataset, {"claims_specs": "options_for"}),
     "architectures": (Architecture, {}),
     "exporters": (Exporter, {}),
+    "recoverers": (Recoverer, {"extra_output": "save_extra"}),
     "statistics": (Statistic, {}),
 }
 

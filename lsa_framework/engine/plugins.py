@@ -169,6 +169,18 @@ class DatasetHandle(Handle):
             return list(self.instance.documents(split))
 
 
+class RecovererHandle(Handle):
+    def recover(self, model: Any, context: Any) -> Any:
+        with self.guard("recover"):
+            return self.instance.recover(model, context)
+
+    def save_extra(self, recovered: Any, folder: Any) -> list[str]:
+        if "extra_output" not in self.capabilities:
+            return []
+        with self.guard("save_extra"):
+            return list(self.instance.save_extra(recovered, folder))
+
+
 class ExporterHandle(Handle):
     def export(self, context: ExportContext, folder: Any) -> None:
         with self.guard("export"):
@@ -182,6 +194,7 @@ HANDLES: dict[str, type[Handle]] = {
     "evaluators": EvaluatorHandle,
     "datasets": DatasetHandle,
     "exporters": ExporterHandle,
+    "recoverers": RecovererHandle,
 }
 
 
@@ -218,6 +231,7 @@ class Plugins:
     dataset: DatasetHandle
     evaluators: list[EvaluatorHandle]
     exporters: list[ExporterHandle]
+    recoverer: RecovererHandle | None = None
 
 
 def resolve_evaluators(config: RunConfig) -> list[EvaluatorHandle]:
@@ -241,4 +255,5 @@ def resolve_plugins(config: RunConfig) -> Plugins:
         dataset=resolve_dataset(config),
         evaluators=resolve_evaluators(config),
         exporters=[resolve("exporters", n, config.export_opts.get(n, {})) for n in config.export],
+        recoverer=resolve("recoverers", config.recover, config.recover_opts) if config.recover else None,
     )

@@ -48,12 +48,14 @@ from lsa_framework.engine.plugins import (
     EvaluatorHandle,
     Plugins,
     PrunerHandle,
+    RecovererHandle,
     ScorerHandle,
 )
 from lsa_framework.engine.statistics import statistic_classes
+from lsa_framework.errors import BadInputError
 from lsa_framework.model.loading import LoadedModel, load_model
 from lsa_framework.result import RunResult, UnitRecord
-from lsa_framework.types import EvalContext, Layout, LinearStats, Scores, Unit
+from lsa_framework.types import EvalContext, Layout, LinearStats, RecoveryContext, Scores, Unit
 
 
 def _units_by_layer(units: Sequence[Unit]) -> dict[int, list[Unit]]:
@@ -132,6 +134,7 @@ class Session:
         self.model_sha256 = ""
         self.source = ""
         self._dense: dict[str, torch.Tensor] | None = None
+        self.recovered: Any = None  # what the recovery stage returned (its exporter-side extras)
         self._dense_metrics: dict[str, dict[str, float]] = {}
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -388,6 +391,69 @@ class Session:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
+    # --- recover ---------------------------------------------------------------------------------------
+
+    def recover(
+        self,
+        recoverer: RecovererHandle,
+        result: RunResult,
+        checkpoint_dir: Path | None = None,
+        resume: bool = False,
+    ) -> Any:
+        """Fine-tune the pruned model on the calibration windows, keeping every pruned weight zero.
+
+        Records the recovery (losses, time, memory, the masks before and after) in ``result.extra``.
+        """
+        from lsa_framework.recovery.masks import mask_hashes, masks_from_zeros
+
+        layout, loaded = self.layout, self.loaded
+        assert layout is not None and loaded is not None and self.input_ids is not None
+        if loaded.disk is not None:
+            raise BadInputError(
+                "Recovery trains the whole model in memory, which --offload disk avoids; run it without --offload."
+            )
+        names = [info.name for info in layout.all_linears()]
+        if any(info.prunable is not info.module or not isinstance(info.module, torch.nn.Linear) for info in
+               layout.all_linears()):  # fmt: skip
+            raise BadInputError(
+                "Recovery supports models whose pruned weights are plain nn.Linear layers; this model has others "
+                "(transformers Conv1D or fused experts), so recover it without lsaf or prune another family."
+            )
+        before = mask_hashes(masks_from_zeros(self.model, names))
+        steps = int(getattr(recoverer.instance.options, "steps", 0)) or 1
+        self.observer.start_pass("recovery", steps)
+        context = RecoveryContext(
+            windows=self.input_ids,
+            linear_names=names,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            on_step=lambda _step, _loss: self.observer.advance(),
+        )
+        loaded.place(self.device)
+        try:
+            recovered = recoverer.recover(self.model, context)
+        finally:
+            loaded.place(torch.device("cpu"))
+            self.observer.end_pass()
+        after = dict(recovered.mask_sha256)
+        training = recovered.training
+        result.extra["recovery"] = {
+            "method": recoverer.name,
+            "options": recoverer.instance.options.model_dump(mode="json"),
+            "windows": list(self.input_ids.shape),
+            "losses": training.losses,
+            "resumed_from": training.resumed_from,
+            "autocast": training.autocast,
+            "seconds": training.seconds,
+            "seconds_per_step": training.seconds_per_step,
+            "peak_rss_mb": training.peak_rss_mb,
+            "masks_unchanged": before == after,
+            "mask_sha256": after,
+            "sparsity": recovered.sparsity,
+            "new_zeros": recovered.new_zeros,
+        }
+        return recovered
+
     # --- one job ---------------------------------------------------------------------------------------
 
     def run_job(
@@ -436,6 +502,13 @@ class Session:
         result.units = self.unit_records(allocation)
         with stage(result, "evaluation"):
             result.metrics = self.evaluate(plugins.evaluators, config)
+        if plugins.recoverer is not None:
+            folder = checkpoint.folder / "recovery" if checkpoint is not None and checkpoint.folder else None
+            with stage(result, "recovery"):
+                self.recovered = self.recover(plugins.recoverer, result, folder, config.resume)
+            with stage(result, "evaluation after recovery"):
+                result.extra["recovery"]["metrics_before"] = result.metrics
+                result.metrics = self.evaluate(plugins.evaluators, config)
         self.hooks.lsaf_after_run(result=result)
         return masks
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lsa_framework.report.markdown import render_markdown
-from lsa_framework.report.plots import plot_sparsity_profile
+from lsa_framework.report.plots import plot_loss_curve, plot_sparsity_profile
 from lsa_framework.storage.atomic import staged_folder
 from lsa_framework.storage.guard import Protected, check_output, write_marker
 from lsa_framework.types import ExportContext
@@ -53,6 +53,9 @@ def write_report(result: RunResult, folder: Path) -> None:
     (folder / "report.md").write_text(render_markdown(result))
     if result.units:
         plot_sparsity_profile({result.config.scorer: result.units}, folder / "sparsity_profile.png")
+    losses = (result.extra.get("recovery") or {}).get("losses")
+    if losses:
+        plot_loss_curve(losses, folder / "loss_curve.png")
 
 
 def write_evaluation(result: RunResult, path: Path, overwrite: bool, protected: Sequence[Protected] = ()) -> None:
@@ -82,6 +85,8 @@ def write_run(session: Session, plugins: Plugins, result: RunResult, masks: Mask
     )
 
     def fill(tmp: Path) -> None:
+        if plugins.recoverer is not None and session.recovered is not None:
+            plugins.recoverer.save_extra(session.recovered, tmp)  # before model/: may unload an adapter
         for exporter in plugins.exporters:
             folder = tmp / export_folder(exporter)
             folder.mkdir()

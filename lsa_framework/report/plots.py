@@ -9,6 +9,23 @@ from typing import Any
 from lsa_framework.storage.atomic import write_file
 
 
+def plot_loss_curve(losses: Sequence[float], path: Path) -> None:
+    """The training loss of a recovery, step by step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, marker="o", markersize=2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
 def plot_sparsity_profile(runs: Mapping[str, Sequence[Any]], path: Path) -> None:
     """``runs`` maps a label to its unit records (``layer``, ``name``, ``sparsity``, ``numel``)."""
     import matplotlib
