@@ -29,7 +29,8 @@ def pruned(tiny_model_dir: Path, tiny_text_file: Path, tmp_path_factory: pytest.
     out = tmp_path_factory.mktemp("pruned") / "out"
     result = cli("run", "--model", str(tiny_model_dir), "--calibration", str(tiny_text_file), "--nsamples", "8",
                  "--seqlen", "32", "--scorer", "uniform", "--pruner", "wanda", "--sparsity", "0.6",
-                 "--eval", "perplexity", "--eval-opt", "perplexity.seqlen=32", "--output", str(out), "--quiet")  # fmt: skip
+                 "--eval", "perplexity", "--eval-opt", "perplexity.seqlen=32", "--output", str(out),
+                 "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     return out
 
