@@ -139,3 +139,20 @@ def test_readme_plugin_example_runs(tmp_path: Path):
     values = [got[f"layer.{i}"] for i in range(4)]
     assert values == sorted(values) and values[0] < values[-1]
     assert sum(values) / 4 == pytest.approx(0.5, abs=1e-9)
+
+
+def test_architecture_plugin_example_refines_a_layout():
+    from lsa_framework.model.discovery import discover_layout
+    from tests.conftest import make_tiny_llama
+
+    blocks = [
+        code for lang, _t, code in code_blocks((ROOT / "docs" / "architectures.md").read_text()) if lang == "python"
+    ]
+    namespace: dict[str, object] = {"__name__": "architectures_page"}
+    exec(compile(blocks[0], "docs/architectures.md", "exec"), namespace)
+    plugin = namespace["KeepOutputProjections"]()  # type: ignore[operator]
+    model = make_tiny_llama(num_layers=2)
+    assert not plugin.matches(model)
+    layout = plugin.refine(model, discover_layout(model))
+    assert layout.architecture == "generic+my-family"
+    assert all(info.projection != "o" for info in layout.all_linears()) and len(layout.linears[0]) == 6
