@@ -64,8 +64,8 @@ def main() -> int:
                 recovered = recover_output(
                     pruned,
                     {"recover": method, "recover_opts": options, "nsamples": args.train_windows,
-                     "seqlen": args.train_seqlen, "threads": args.threads, "output": Path(tmp) / f"{method}-{sparsity:g}",
-                     **evaluation},
+                     "seqlen": args.train_seqlen, "threads": args.threads,
+                     "output": Path(tmp) / f"{method}-{sparsity:g}", **evaluation},
                 )  # fmt: skip
                 info = recovered.extra["recovery"]
                 row[method] = recovered.metrics["perplexity"]
