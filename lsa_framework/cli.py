@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lsa_framework.bench.runner import BenchObserver
@@ -32,13 +33,13 @@ from lsa_framework.errors import BadInputError, LsafError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune LLMs with layer-wise sparsity allocation.")
 console = Console(stderr=True)
-out = Console()
+out = Console(markup=False)  # tables and paths: a "[...]" in a name is text, not a style
 
 
 def _fail(exc: LsafError, debug: bool) -> None:
     if debug:
         raise exc
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -107,7 +108,7 @@ class _RichObserver(Observer):
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            console.print(f"[dim]{text}[/]")
+            console.print(f"[dim]{escape(text)}[/]")
 
 
 class _RichBenchObserver(_RichObserver, BenchObserver):

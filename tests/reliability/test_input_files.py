@@ -127,3 +127,10 @@ def test_signal_while_saving_leaves_no_temporary_and_says_so(name, code, tiny_mo
                              text=True, timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_an_error_sentence_with_brackets_is_printed_as_written(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("")
+    result = cli("bench", "--config", str(grid), "--output", str(tmp_path / "bench"), "--quiet")
+    assert result.exit_code == 2 and "`scorers: [uniform, lse]`" in text(result.output)  # not eaten as markup
