@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
+from typing import Any
 
 import pluggy
 import torch
@@ -67,3 +68,18 @@ def quick_run_args(model: Path, text: Path, out: Path) -> list[str]:
     """``lsaf run`` arguments for a fast uniform run on a tiny model, writing to ``out``."""
     return ["run", "--model", str(model), "--calibration", str(text), "--nsamples", "4", "--seqlen", "32",
             "--scorer", "uniform", "--eval", "sparsity", "--output", str(out), "--quiet"]  # fmt: skip
+
+
+def cli(*args: str) -> Any:
+    """Invoke ``lsaf ARGS...`` in-process (exceptions propagate, as a bug should)."""
+    from typer.testing import CliRunner
+
+    from lsa_framework.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def one_sentence(output: str) -> str:
+    """The CLI's output on one line; it must hold no traceback."""
+    assert "Traceback" not in output
+    return " ".join(output.split())

@@ -10,14 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from lsa_framework.cli import app
 from lsa_framework.exporters.masks import MASKS_FILE, read_masks
+from tests.fakes import cli
 
 runner = CliRunner()
-
-
-def cli(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
 
 
 def _run(model: Path, text: Path, out: Path, pruner: str = "wanda") -> None:

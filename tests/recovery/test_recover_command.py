@@ -13,15 +13,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from lsa_framework.cli import app
 from lsa_framework.engine.masks import mask_hash
 from lsa_framework.engine.observer import Observer
+from tests.fakes import cli
 
 runner = CliRunner()
-
-
-def cli(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lsa_framework import hookimpl, registry
-from lsa_framework.cli import app
 from lsa_framework.config import RunConfig, build_config
 from lsa_framework.errors import BadInputError
 from lsa_framework.storage.guard import write_marker
 from tests.conftest import make_tiny_llama, make_tokenizer
-from tests.fakes import quick_run_args
+from tests.fakes import cli, quick_run_args
 
 runner = CliRunner()
 
@@ -89,10 +88,6 @@ def test_fuzzed_configs_either_validate_or_explain(values):
         return
     assert 0.0 <= config.target_sparsity < 1.0
     assert config.nsamples > 0 and config.seqlen > 0
-
-
-def cli(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
 
 
 def test_corrupt_model_file(tmp_path: Path, tiny_model_dir: Path, tiny_text_file: Path):

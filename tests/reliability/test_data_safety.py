@@ -12,15 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lsa_framework.cli import app
 from lsa_framework.storage.guard import MARKER, write_marker
-from tests.fakes import quick_run_args
+from tests.fakes import cli, one_sentence, quick_run_args
 
 runner = CliRunner()
-
-
-def cli(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -29,12 +24,6 @@ def snapshot(folder: Path) -> dict[str, str]:
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
         for p in sorted(folder.rglob("*"))
     }
-
-
-def one_sentence(output: str) -> str:
-    text = " ".join(output.split())
-    assert "Traceback" not in output
-    return text
 
 
 @pytest.fixture

@@ -9,35 +9,27 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from lsa_framework.cli import app
 from lsa_framework.config import build_config, load_config_file
 from lsa_framework.errors import BadInputError
-from tests.fakes import quick_run_args
+from tests.fakes import cli, one_sentence, quick_run_args
 
 runner = CliRunner()
-
-
-def cli(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
-
-
-def text(output: str) -> str:
-    assert "Traceback" not in output
-    return " ".join(output.split())
 
 
 def test_jsonl_with_a_lone_surrogate(tiny_model_dir, tmp_path):
     docs = tmp_path / "docs.jsonl"
     docs.write_text('{"text": "fine text here"}\n{"text": "broken \\ud800 text"}\n')
     result = cli(*quick_run_args(tiny_model_dir, docs, tmp_path / "out"))
-    assert result.exit_code == 2 and "Line 2" in text(result.output) and "surrogate" in text(result.output)
+    assert (
+        result.exit_code == 2 and "Line 2" in one_sentence(result.output) and "surrogate" in one_sentence(result.output)
+    )
 
 
 def test_config_that_is_not_utf8(tiny_model_dir, tiny_text_file, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_bytes("sparsity: 0.5\nmodel: caf\xe9\n".encode("latin-1"))
     result = cli(*quick_run_args(tiny_model_dir, tiny_text_file, tmp_path / "out"), "--config", str(config))
-    assert result.exit_code == 2 and "not UTF-8" in text(result.output)
+    assert result.exit_code == 2 and "not UTF-8" in one_sentence(result.output)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +86,7 @@ def test_offload_with_a_missing_shard(tiny_model_dir, tiny_text_file, tmp_path):
     shard = sorted(sharded.glob("*.safetensors"))[1]
     shard.unlink()
     result = cli(*quick_run_args(sharded, tiny_text_file, tmp_path / "out"), "--offload", "disk")
-    assert result.exit_code == 2 and shard.name in text(result.output)
+    assert result.exit_code == 2 and shard.name in one_sentence(result.output)
 
 
 # A run that sends itself a signal while its output folder is being written (after model/ is saved).
@@ -133,4 +125,4 @@ def test_an_error_sentence_with_brackets_is_printed_as_written(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text("")
     result = cli("bench", "--config", str(grid), "--output", str(tmp_path / "bench"), "--quiet")
-    assert result.exit_code == 2 and "`scorers: [uniform, lse]`" in text(result.output)  # not eaten as markup
+    assert result.exit_code == 2 and "`scorers: [uniform, lse]`" in one_sentence(result.output)  # not eaten as markup

@@ -17,20 +17,10 @@ from typer.testing import CliRunner
 from lsa_framework import hookimpl, registry
 from lsa_framework.bench.grid import GridConfig
 from lsa_framework.bench.runner import BenchObserver, run_grid
-from lsa_framework.cli import app
 from lsa_framework.engine.checkpoint import partial_dir
-from tests.fakes import quick_run_args
+from tests.fakes import cli, one_sentence, quick_run_args
 
 runner = CliRunner()
-
-
-def cli(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
-
-
-def text(output: str) -> str:
-    assert "Traceback" not in output
-    return " ".join(output.split())
 
 
 class _StopAfterLayer:
@@ -64,7 +54,7 @@ def _interrupted(model: Path, text_file: Path, out: Path, extra: tuple[str, ...]
     args = [*quick_run_args(model, text_file, out), "--pruner", "wanda", *extra]
     with _StopAfterLayer(1):
         result = cli(*args)
-    assert result.exit_code == 130 and "--resume" in text(result.output)
+    assert result.exit_code == 130 and "--resume" in one_sentence(result.output)
     # layer 1 was interrupted before its save: layer 0 is the state to resume from
     assert json.loads((partial_dir(out) / "state.json").read_text())["layers_done"] == 1
     return args
@@ -77,7 +67,7 @@ def test_resume_against_other_weights_is_refused(tiny_model_dir, tiny_text_file,
     weights = load_file(str(model / "model.safetensors"))
     save_file({k: v * 1.01 for k, v in weights.items()}, str(model / "model.safetensors"), metadata={"format": "pt"})
     result = cli(*args, "--resume")
-    assert result.exit_code == 2 and "content hash differs" in text(result.output)
+    assert result.exit_code == 2 and "content hash differs" in one_sentence(result.output)
     assert not out.exists()
 
 
@@ -97,7 +87,7 @@ def test_damaged_resume_state_is_one_sentence(damage, tiny_model_dir, tiny_text_
     for extra in (["--resume"], []) if damage == "corrupt state" else (["--resume"],):
         result = cli(*args, *extra)
         assert result.exit_code == 2, result.output
-        assert "is damaged" in text(result.output) and "delete that folder" in text(result.output)
+        assert "is damaged" in one_sentence(result.output) and "delete that folder" in one_sentence(result.output)
 
 
 def test_disk_full_while_saving_a_layer_keeps_the_state_resumable(
@@ -118,7 +108,11 @@ def test_disk_full_while_saving_a_layer_keeps_the_state_resumable(
     out = tmp_path / "out"
     args = [*quick_run_args(tiny_model_dir, tiny_text_file, out), "--pruner", "wanda"]
     result = cli(*args)
-    assert result.exit_code == 1 and "disk is full" in text(result.output) and "--resume" in text(result.output)
+    assert (
+        result.exit_code == 1
+        and "disk is full" in one_sentence(result.output)
+        and "--resume" in one_sentence(result.output)
+    )
     assert json.loads((partial_dir(out) / "state.json").read_text())["layers_done"] == 2
     monkeypatch.setattr(tensorfile, "write_tensors", real)
     resumed = cli(*args, "--resume")
@@ -140,7 +134,7 @@ def test_disk_full_while_writing_the_output_leaves_the_previous_one(
 
     monkeypatch.setattr(output, "render_markdown", full)
     result = cli(*args, "--overwrite")
-    assert result.exit_code == 1 and "disk is full" in text(result.output)
+    assert result.exit_code == 1 and "disk is full" in one_sentence(result.output)
     assert (out / "run.json").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if ".lsaf-tmp-" in p.name or ".lsaf-old-" in p.name]
 
@@ -153,9 +147,9 @@ def test_seqlen_beyond_the_context_is_refused_and_the_default_is_fitted(tiny_mod
     from tests.conftest import WORDS, make_tokenizer
 
     asked = cli(*quick_run_args(tiny_model_dir, tiny_text_file, tmp_path / "a"), "--seqlen", "100000")
-    assert asked.exit_code == 2 and "longer than the model's context of 256 tokens" in text(asked.output)
+    assert asked.exit_code == 2 and "longer than the model's context of 256 tokens" in one_sentence(asked.output)
     evaluated = cli("eval", str(tiny_model_dir), "--calibration", str(tiny_text_file), "--seqlen", "100000")
-    assert evaluated.exit_code == 2 and "context of 256 tokens" in text(evaluated.output)
+    assert evaluated.exit_code == 2 and "context of 256 tokens" in one_sentence(evaluated.output)
 
     short = tmp_path / "short-context"
     LlamaForCausalLM(
@@ -247,7 +241,7 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(tiny_model_dir, tiny_t
     finally:
         registry.plugin_manager().unregister(name="failing_plugin")
     assert result.exit_code == 1
-    assert "1 of 2 cells failed" in text(result.output) and "cannot prune" in text(result.output)
+    assert "1 of 2 cells failed" in one_sentence(result.output) and "cannot prune" in one_sentence(result.output)
     cells = json.loads((tmp_path / "bench" / "results.json").read_text())["cells"]
     assert [c["pruner"] for c in cells] == ["magnitude"]
     table = (tmp_path / "bench" / "results.md").read_text()
@@ -259,7 +253,7 @@ def test_empty_grids_are_errors(content, needle, tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(content)
     result = cli("bench", "--config", str(grid), "--output", str(tmp_path / "bench"), "--quiet")
-    assert result.exit_code == 2 and needle in text(result.output)
+    assert result.exit_code == 2 and needle in one_sentence(result.output)
     assert not (tmp_path / "bench").exists()
 
 
