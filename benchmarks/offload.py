@@ -26,15 +26,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import (
-    RESULTS_DIR,
-    STAGES,
-    SYNTHETIC,
-    base_config,
-    machine_description,
-    resolve_model,
-    spawn,
-)
+from common import RESULTS_DIR, SYNTHETIC, base_config, machine_description, resolve_model
+from speed import spawn
+
+from lsa_framework.report.tables import markdown_table
 
 TARGET_RSS_SHARE = 0.40
 
@@ -110,19 +105,18 @@ def render(report: dict[str, Any]) -> str:
         f"({report['machine']['cpu_model']}), {report['machine']['ram_gib']} GiB, torch threads "
         f"{report['machine']['torch_threads']}.",
         "",
-        "| pruner | weights | " + " | ".join(STAGES) + " | peak RSS MB | peak / model | masks | weights |",
-        "| --- | --- | " + " | ".join("---:" for _ in STAGES) + " | ---: | ---: | --- | --- |",
     ]
-    for pruner, pair in report["pruners"].items():
+    pairs = report["pruners"].items()
+    stages = list(dict.fromkeys(s for _, pair in pairs for run in pair["runs"] for s in run["timings_s"]))
+    rows = []
+    for pruner, pair in pairs:
+        same = ["identical" if pair[f"{what}_identical"] else "DIFFER" for what in ("masks", "weights")]
         for run in pair["runs"]:
-            stages = " | ".join(f"{run['timings_s'].get(s, 0.0):.1f}" for s in STAGES)
-            same_masks = "identical" if pair["masks_identical"] else "DIFFER"
-            same_weights = "identical" if pair["weights_identical"] else "DIFFER"
             where = "on disk" if run["offload"] == "disk" else "in memory"
-            lines.append(
-                f"| {pruner} | {where} | {stages} | {run['peak_rss_mb']:.0f} | "
-                f"{run['peak_rss_mb'] / size_mb:.0%} | {same_masks} | {same_weights} |"
-            )
+            rows.append([pruner, where, *(run["timings_s"].get(s, 0.0) for s in stages), run["peak_rss_mb"]])
+            rows[-1] += [f"{run['peak_rss_mb'] / size_mb:.0%}", *same]
+    headers = ["pruner", "weights", *stages, "peak RSS MB", "peak / model", "masks", "weights"]
+    lines.append(markdown_table(headers, rows, "ll" + "r" * (len(stages) + 2) + "ll", digits=1))
     lines += [
         "",
         "Stage times in seconds. Peak RSS is the process's maximum resident set (ru_maxrss) at the end of "

@@ -36,7 +36,7 @@ import torch
 from reference_kernels import sparsegpt_reference, wanda_mask_reference
 from torch import nn
 
-from lsa_framework.engine.sequential import capture_layer_inputs
+from lsa_framework.engine.layer_calls import capture_activations
 from lsa_framework.types import Pattern
 
 ReferencePruner = Literal["wanda", "sparsegpt"]
@@ -107,7 +107,7 @@ def _layer_output(out: Any) -> torch.Tensor:
 @torch.no_grad()
 def reference_prune(
     model: nn.Module,
-    layers: Sequence[nn.Module],
+    stack: nn.ModuleList,
     input_ids: torch.Tensor,
     batch_size: int,
     pruner: ReferencePruner,
@@ -119,16 +119,17 @@ def reference_prune(
 ) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place, per projection; return each linear's mask (True = pruned) by full name.
 
-    ``layers`` are the model's decoder layers in order, ``layer_sparsity[i]`` the sparsity of every
-    linear of layer ``i``. Runs on the CPU, in the model's dtype.
+    ``stack`` is the model's ``nn.ModuleList`` of decoder layers, ``layer_sparsity[i]`` the sparsity of
+    every linear of layer ``i``. Runs on the CPU, in the model's dtype.
     """
     pattern = pattern if pattern is not None else Pattern()
     names = {module: name for name, module in model.named_modules()}
-    # Layer-0 inputs and the arguments the model passes to every decoder layer, per batch.
-    acts = capture_layer_inputs(model, layers[0], input_ids, batch_size)
+    # Layer-0 inputs, and how the model calls each decoder layer on each batch (its own masks, rotary
+    # tables, ...): recorded with the engine's dry pass, as the originals catch them from layer 0.
+    acts = capture_activations(model, stack, input_ids, batch_size, None)
     inps = list(acts.hidden)
     masks: dict[str, torch.Tensor] = {}
-    for index, layer in enumerate(layers):
+    for index, layer in enumerate(stack):
         subset = find_linears(layer, names[layer])
         wrapped = {name: WrappedLinear(linear, pruner, accumulation) for name, linear in subset.items()}
         handles = []
@@ -140,8 +141,8 @@ def reference_prune(
                 own.add_batch(inp[0].data)
 
             handles.append(linear.register_forward_hook(add_batch))
-        for hidden, kwargs in zip(inps, acts.kwargs, strict=True):
-            layer(hidden, **kwargs)
+        for hidden, call in zip(inps, acts.calls[index], strict=True):
+            call(layer, hidden)
         for handle in handles:
             handle.remove()
 
@@ -159,6 +160,5 @@ def reference_prune(
             wrapped[name].free()
             masks[name] = mask
 
-        outs = [_layer_output(layer(hidden, **kwargs)) for hidden, kwargs in zip(inps, acts.kwargs, strict=True)]
-        inps = outs
+        inps = [_layer_output(call(layer, hidden)) for hidden, call in zip(inps, acts.calls[index], strict=True)]
     return masks

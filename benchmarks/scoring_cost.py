@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/scoring_cost.py --nsamples 16 --seqlen 512
 
-Prints a Markdown table: seconds of the scoring pass (statistics + scores for one allocator) and
-its ratio to one forward of the whole model over the same calibration tokens, measured in the
-same run so that machine noise affects both alike.
+Prints a Markdown table: seconds of the scoring pass (statistics + scores for one allocator's units,
+:meth:`Session.score`) and its ratio to one forward of the whole model over the same calibration
+windows, measured in the same run so that machine noise affects both alike; then every job again in
+ONE shared pass, as ``lsaf bench`` scores them.
 """
 
 from __future__ import annotations
@@ -15,16 +16,10 @@ import time
 import torch
 
 from lsa_framework.config import build_config
-from lsa_framework.engine.pipeline import (
-    Observer,
-    ScoringJob,
-    calibration_ids,
-    resolve_plugins,
-    score_jobs,
-)
-from lsa_framework.engine.sequential import capture_layer_inputs
-from lsa_framework.model.layout import find_layout
-from lsa_framework.model.loading import load_model
+from lsa_framework.engine.observer import Observer
+from lsa_framework.engine.plugins import resolve, resolve_dataset
+from lsa_framework.engine.session import ScoringJob, Session
+from lsa_framework.report.tables import markdown_table
 
 
 def main() -> None:
@@ -32,48 +27,43 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--scorers", default="uniform,owl,dlp,lse")
     parser.add_argument("--allocators", default="layer,block,projection")
     args = parser.parse_args()
 
-    base = {"model": args.model, "nsamples": args.nsamples, "seqlen": args.seqlen}
-    config = build_config({**base, "scorer": "uniform"})
-    loaded = load_model(config.model, config.dtype)
-    model, layout = loaded.model, find_layout(loaded.model)
-    plugins = resolve_plugins(config)
-    ids = calibration_ids(config, plugins.dataset, loaded.tokenizer, model)
+    config = build_config(
+        {"model": args.model, "nsamples": args.nsamples, "seqlen": args.seqlen, "threads": args.threads}
+    )
+    session = Session(config, resolve_dataset(config), Observer())
+    session.load()
+    session.calibrate()
+    assert session.layout is not None and session.input_ids is not None
 
     started = time.perf_counter()
     with torch.no_grad():
-        for batch in ids.split(config.batch_size):
-            model(input_ids=batch, use_cache=False)
+        for batch in session.input_ids.split(config.batch_size):
+            session.model(input_ids=batch, use_cache=False)
     dense = time.perf_counter() - started
-
-    def calibrate():  # type: ignore[no-untyped-def]
-        return capture_layer_inputs(model, layout.layers[0], ids, config.batch_size)
-
     print(f"one dense forward over {args.nsamples}x{args.seqlen} tokens: {dense:.1f} s\n")
-    print("| scorer | allocator | scoring pass alone (s) | ratio to one dense forward |")
-    print("| --- | --- | ---: | ---: |")
-    jobs = []
-    alone = 0.0
-    for name in args.scorers.split(","):
-        for allocator in args.allocators.split(","):
-            plugins = resolve_plugins(build_config({**base, "scorer": name, "allocator": allocator}))
-            job = ScoringJob(f"{name}/{allocator}", plugins.scorer, plugins.allocator.call("units", layout))
-            jobs.append(ScoringJob(job.key, resolve_plugins(build_config({**base, "scorer": name})).scorer, job.units))
-            started = time.perf_counter()
-            score_jobs([job], layout, calibrate, Observer())
-            seconds = time.perf_counter() - started
-            alone += seconds
-            print(f"| {name} | {allocator} | {seconds:.1f} | {seconds / dense:.2f} |")
-    # lsaf bench's way: one scorer instance per name, every job in one dense pass.
-    shared_scorers = {}
+
+    scorers = {name: resolve("scorers", name, {}) for name in args.scorers.split(",")}  # one instance per name
+    jobs = [
+        ScoringJob(f"{name}/{allocator}", scorer, resolve("allocators", allocator, {}).units(session.layout))
+        for name, scorer in scorers.items()
+        for allocator in args.allocators.split(",")
+    ]
+    rows = []
     for job in jobs:
-        shared_scorers.setdefault(job.key.split("/")[0], job.scorer)
-    shared_jobs = [ScoringJob(j.key, shared_scorers[j.key.split("/")[0]], j.units) for j in jobs]
+        started = time.perf_counter()
+        session.score([job])
+        seconds = time.perf_counter() - started
+        rows.append([*job.key.split("/"), seconds, seconds / dense])
+    headers = ["scorer", "allocator", "scoring pass alone (s)", "ratio to one dense forward"]
+    print(markdown_table(headers, rows, "llrr", digits=2))
+    alone = sum(row[2] for row in rows)
     started = time.perf_counter()
-    score_jobs(shared_jobs, layout, calibrate, Observer())
+    session.score(jobs)  # lsaf bench's way: every job in one dense pass
     shared = time.perf_counter() - started
     print(
         f"\nall {len(jobs)} jobs one by one: {alone:.1f} s; in one shared pass (lsaf bench): {shared:.1f} s "

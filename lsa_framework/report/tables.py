@@ -5,7 +5,7 @@
     # | :--- | ---: |
     # | wanda | 1.23 |
 
-Cells are formatted by :func:`cell`: floats with ``digits`` decimals (scientific above 1e4, so a
+Cells are formatted by :func:`cell`: floats with ``digits`` decimals (scientific from 1e6, so a
 diverged perplexity stays readable), None as "–", anything else with ``str``; a ``|`` inside a cell is
 escaped so that it cannot split the row.
 """
@@ -25,7 +25,7 @@ def cell(value: Any, digits: int = 2) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        if math.isfinite(value) and abs(value) >= 1e4:
+        if math.isfinite(value) and abs(value) >= 1e6:
             return f"{value:.2e}"
         return f"{value:.{digits}f}"
     return str(value).replace("|", "\\|").replace("\n", " ")
