@@ -8,7 +8,7 @@ All in ONE invocation, so that the ratios compare like with like:
 
 - every pruner × scorer (and the scored ones with ``--pipeline basic``): one ``lsa_framework.prune`` run
   in its own process, so that its peak RSS is its own. Wall time and peak RSS per stage are the run's
-  own (run.json ``timings_s``, ``peak_rss_mb``); the worker adds each stage's CPU seconds (``cpu_s``);
+  own (run.json ``timings_s``, ``cpu_s``, ``peak_rss_mb``);
 - one plain dense forward over the session's calibration windows, before and after the runs (the median
   is the denominator of every ratio), and the decoder layers alone, each called with its recorded call;
 - per decoder layer: its forward, the same with the Gram hooks, and the LSE scoring of its linears;
@@ -63,27 +63,6 @@ def timed(into: dict[str, Any], name: str) -> Iterator[None]:
     finally:
         into[f"{name}_wall_s"] = round(time.perf_counter() - wall, 4)
         into[f"{name}_cpu_s"] = round(time.process_time() - cpu, 4)
-
-
-def record_cpu_per_stage() -> Callable[[Any, str], Any]:
-    """Make the engine's stage timer (wall time, peak RSS) also add each stage's CPU seconds to
-    ``result.extra["cpu_s"]``: CPU time is robust to other work on the cores. Returns the timer."""
-    from lsa_framework.engine import observer, pipeline, session
-
-    wall_and_rss = observer.stage
-
-    @contextmanager
-    def stage(result: Any, name: str) -> Iterator[None]:
-        start = time.process_time()
-        try:
-            with wall_and_rss(result, name):
-                yield
-        finally:
-            cpu = result.extra.setdefault("cpu_s", {})
-            cpu[name] = round(cpu.get(name, 0.0) + time.process_time() - start, 3)
-
-    session.stage = pipeline.stage = stage  # both modules import it by name
-    return stage
 
 
 def open_session(config: Any) -> tuple[Any, Any]:
@@ -182,7 +161,6 @@ def worker_run(payload: dict[str, Any]) -> dict[str, Any]:
     from lsa_framework.config import RunConfig
     from lsa_framework.engine.session import Session
 
-    record_cpu_per_stage()
     profiles: dict[str, Any] = {}
     if payload.get("profile"):
         for name, method in (("scoring", "score"), ("pruning", "prune")):
@@ -198,15 +176,15 @@ def worker_reference(payload: dict[str, Any]) -> dict[str, Any]:
 
     from lsa_framework.config import RunConfig
     from lsa_framework.engine.masks import mask_hash
+    from lsa_framework.engine.observer import stage
 
-    stage = record_cpu_per_stage()
     config = RunConfig(**payload["config"])
     session, result = open_session(config)  # the run's own load and calibration stages
     opts = config.pruner_opts
     with stage(result, "pruning"):
         masks = reference_prune(
             session.model,
-            session.layout.stack,
+            session.stack,
             session.input_ids,
             config.batch_size,
             config.pruner,
@@ -232,7 +210,7 @@ def worker_reference(payload: dict[str, Any]) -> dict[str, Any]:
                 "pruned": int(mask.sum()),
             }
         )
-    stages = {"timings_s": result.timings, "cpu_s": result.extra["cpu_s"], "peak_rss_mb": result.peak_rss_mb}
+    stages = {"timings_s": result.timings, "cpu_s": result.cpu_s, "peak_rss_mb": result.peak_rss_mb}
     return {**stages, "linears": linears, "linears_missing_in_reference": sorted(set(hashes) - set(masks))}
 
 
@@ -302,7 +280,7 @@ def _sum(times: dict[str, float], stages: tuple[str, ...]) -> float:
 def run_ratios(run: dict[str, Any], dense: dict[str, float]) -> dict[str, float]:
     """Pass time over one dense forward's, wall and CPU; 'whole' = scoring + allocation + pruning."""
     ratios: dict[str, float] = {}
-    for u, times in zip(UNITS, (run["timings_s"], run["extra"].get("cpu_s", {})), strict=True):
+    for u, times in zip(UNITS, (run["timings_s"], run.get("cpu_s", {})), strict=True):
         ratios |= {f"{s}_{u}": _ratio(times.get(s, 0.0), dense[u]) for s in ("scoring", "pruning")}
         ratios[f"whole_{u}"] = _ratio(_sum(times, PASS_STAGES), dense[u])
     return ratios
@@ -314,7 +292,7 @@ def run_entry(key: tuple[str, ...], run: dict[str, Any], dense: dict[str, Any]) 
         "name": run_name(*key),
         **dict(zip(("pruner", "scorer", "pipeline"), key, strict=True)),
         "timings_s": run["timings_s"],
-        "cpu_s": run["extra"].get("cpu_s", {}),
+        "cpu_s": run.get("cpu_s", {}),
         "peak_rss_by_stage": run["peak_rss_mb"],
         "peak_rss_mb": max(run["peak_rss_mb"].values()),
         "total_wall_s": round(sum(run["timings_s"].values()), 3),
@@ -326,7 +304,7 @@ def run_entry(key: tuple[str, ...], run: dict[str, Any], dense: dict[str, Any]) 
 
 def reference_summary(ours: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     """Masks compared, and reference / ours times: the pruning pass, and end to end (load, calibration, passes)."""
-    wall, cpu, linears = ours["timings_s"], ours["extra"].get("cpu_s", {}), ref["linears"]
+    wall, cpu, linears = ours["timings_s"], ours.get("cpu_s", {}), ref["linears"]
     e2e, ref_e2e = ("load", "calibration", *PASS_STAGES), ("load", "calibration", "pruning")
     mismatching = [x for x in linears if x["zero_pattern_mismatches"] or not x["mask_hash_equal"]]
     return {

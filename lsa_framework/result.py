@@ -33,7 +33,10 @@ class RunResult:
     dense_metrics: dict[str, float] = field(default_factory=dict)
     #: evaluator name -> (headline metric, lower is better); how tables and reports present metrics
     headlines: dict[str, tuple[str, bool | None]] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    #: glob patterns of the metrics worth a row in reports (the evaluators' declared ``summary``)
+    summary: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage (all threads)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     mask_hashes: dict[str, str] = field(default_factory=dict)
     allocation: dict[str, Any] = field(default_factory=dict)
@@ -42,6 +45,15 @@ class RunResult:
     model_sha256: str = ""
     calibration: dict[str, int] = field(default_factory=dict)  # the windows actually used
     output: Path | None = None
+
+    def summary_values(self, metrics: dict[str, float] | None = None) -> dict[str, float]:
+        """The metrics worth a row in a report (``summary`` patterns; all metrics when none are declared)."""
+        import fnmatch
+
+        source = self.metrics if metrics is None else metrics
+        if not self.summary:
+            return dict(source)
+        return {k: v for k, v in source.items() if any(fnmatch.fnmatchcase(k, p) for p in self.summary)}
 
     def headline_values(self, metrics: dict[str, float] | None = None) -> dict[str, float]:
         """The headline metric of every evaluator, in --eval order."""
@@ -72,7 +84,9 @@ class RunResult:
             "metrics": self.metrics,
             "dense_metrics": self.dense_metrics,
             "headlines": {k: {"metric": m, "lower_is_better": b} for k, (m, b) in self.headlines.items()},
+            "summary": self.summary,
             "timings_s": self.timings,
+            "cpu_s": self.cpu_s,
             "peak_rss_mb": self.peak_rss_mb,
             "mask_sha256": self.mask_hashes,
             "extra": self.extra,

@@ -357,8 +357,10 @@ class Evaluator(Protocol):
     """``--eval``: named metrics of the model as it is.
 
     ``headline`` names the metric tables show for it; ``lower_is_better`` says which way is better
-    (None: descriptive, e.g. sparsity). Capability ``"check"``: ``check(config)`` refuses settings it
-    cannot use before any work is done.
+    (None: descriptive, e.g. sparsity). Optional ``summary``: glob patterns of the metrics worth a row
+    in reports (default: the headline alone; the others, such as per-layer breakdowns, stay in
+    run.json). Capability ``"check"``: ``check(config)`` refuses settings it cannot use before any
+    work is done.
     """
 
     name: ClassVar[str]

@@ -39,8 +39,15 @@ def _metric_vs_sparsity(records: list[dict[str, Any]], metric: str, path: Path, 
 
 
 def write_plots(records: list[dict[str, Any]], folder: Path) -> None:
-    _metric_vs_sparsity(records, "perplexity", folder / "perplexity_vs_sparsity.png", log=True)
-    _metric_vs_sparsity(records, "zeroshot.mean", folder / "zeroshot_vs_sparsity.png", log=False)
+    from lsa_framework.bench.tables import _headlines
+
+    for metric, lower_is_better in _headlines(records):
+        if lower_is_better is None:
+            continue  # descriptive (sparsity): the x axis already says it
+        values = [r["metrics"][metric] for r in records if metric in r["metrics"] and r["metrics"][metric] > 0]
+        spans_decades = bool(values) and max(values) > 10 * min(values)  # perplexity at 70% vs 50%
+        name = metric.replace(".", "_")
+        _metric_vs_sparsity(records, metric, folder / f"{name}_vs_sparsity.png", log=spans_decades)
     # Sparsity profile across depth, one line per scorer × allocator, at the highest unstructured sparsity.
     unstructured = [r for r in records if r["pattern"] == "unstructured"]
     if not unstructured:

@@ -20,7 +20,6 @@ import gzip
 import io
 import json
 import lzma
-import os
 import shutil
 import subprocess
 import sys
@@ -200,18 +199,10 @@ def paragraphs(lines: Iterable[str]) -> str:
 
 
 def _write_json_atomically(target: Path, books: Mapping[str, str]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".books-", suffix=".json.tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(dict(books), handle, ensure_ascii=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the corpus is public text
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    from lsa_framework.storage.atomic import make_folder, write_text
+
+    make_folder(target.parent)
+    write_text(target, json.dumps(dict(books), ensure_ascii=False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ import yaml
 
 from lsa_framework.data import cache_dir
 from lsa_framework.errors import BadInputError
+from lsa_framework.storage.atomic import make_folder, staged_folder
 
 #: Bump when the generated examples change, so that old caches are not reused.
 GENERATOR_VERSION = 1
@@ -254,9 +253,13 @@ def offline_task_dir(documents: list[str], n_examples: int = 500, seed: int = 0,
     folder = root / _version_hash(documents, n_examples, seed)
     if _complete(folder):
         return folder
-    root.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    make_folder(root)
+
+    def replace(existing: Path) -> None:
+        if not _complete(existing):  # lsaf's own folder, left incomplete by an interrupted writer
+            shutil.rmtree(existing, ignore_errors=True)
+
+    with staged_folder(folder, lambda _tmp: None, replace) as temporary:
         counts: dict[str, int] = {}
         for name, generate in GENERATORS.items():
             examples = generate(documents, n_examples, seed)
@@ -274,14 +277,4 @@ def offline_task_dir(documents: list[str], n_examples: int = 500, seed: int = 0,
             (temporary / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
         manifest = {"generator_version": GENERATOR_VERSION, "n_examples": n_examples, "seed": seed, "tasks": counts}
         (temporary / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():  # left incomplete by an older, interrupted writer
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(temporary, folder)
-        except OSError:
-            if not _complete(folder):  # not a concurrent writer that won the race
-                raise
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
     return folder

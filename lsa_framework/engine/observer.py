@@ -31,13 +31,15 @@ def peak_rss_mb() -> float:
 
 @contextmanager
 def stage(result: Any, name: str) -> Iterator[None]:
-    """Record the wall time of a stage and the peak resident memory at its end into ``result``.
+    """Record a stage's wall time, its CPU time (all threads of the process: robust to other work on
+    the machine) and the peak resident memory at its end into ``result``.
 
     Times of a stage entered twice (a bench cell) add up.
     """
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         result.timings[name] = round(result.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+        result.cpu_s[name] = round(result.cpu_s.get(name, 0.0) + time.process_time() - cpu, 3)
         result.peak_rss_mb[name] = peak_rss_mb()

@@ -82,6 +82,7 @@ def evaluate_model(config: RunConfig, observer: Observer | None = None) -> RunRe
         session.load(result)
         session.describe(result)
         result.headlines = {e.name: e.headline for e in evaluators}
+        result.summary = [p for e in evaluators for p in e.summary]
         with stage(result, "evaluation"):
             result.metrics = session.evaluate(evaluators)
         with stage(result, "save") if target is not None else nullcontext():

@@ -153,6 +153,11 @@ class EvaluatorHandle(Handle):
         cls = type(self.instance)
         return str(getattr(cls, "headline", self.name)), getattr(cls, "lower_is_better", None)
 
+    @property
+    def summary(self) -> tuple[str, ...]:
+        """Glob patterns of the metrics worth a row in reports (default: the headline)."""
+        return tuple(getattr(type(self.instance), "summary", (self.headline[0],)))
+
     def check(self, config: RunConfig) -> None:
         if "check" in self.capabilities:
             with self.guard("check"):

@@ -83,6 +83,7 @@ def recover_output(source: Path, values: dict[str, Any], observer: Observer | No
         assert target is not None
         result = RunResult(config=config, kind=RECOVER_KIND)
         result.headlines = {e.name: e.headline for e in evaluators}
+        result.summary = [p for e in evaluators for p in e.summary]
         session = Session(config, dataset, observer)
         session.load(result)
         session.calibrate(result)

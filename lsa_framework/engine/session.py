@@ -197,8 +197,13 @@ class Session:
     def activations(self) -> Activations:
         """The windows at the first layer's input, with how the model calls each layer (a dry pass)."""
         assert self.layout is not None and self.input_ids is not None
-        stack = _stack_of(self.model, self.layout)
-        return capture_activations(self.model, stack, self.input_ids, self.config.batch_size, self.device)
+        return capture_activations(self.model, self.stack, self.input_ids, self.config.batch_size, self.device)
+
+    @property
+    def stack(self) -> torch.nn.ModuleList:
+        """The model's ``nn.ModuleList`` of decoder layers, through which the engine drives them."""
+        assert self.layout is not None
+        return stack_of(self.model, self.layout)
 
     # --- score -----------------------------------------------------------------------------------------
 
@@ -493,6 +498,7 @@ class Session:
         self.hooks.lsaf_after_scoring(scores=allocation.scores, report=result)
         self.hooks.lsaf_after_allocation(sparsities=allocation.sparsities, report=result)
         result.headlines = {e.name: e.headline for e in plugins.evaluators}
+        result.summary = [p for e in plugins.evaluators for p in e.summary]
         if config.eval_dense and plugins.evaluators:
             with stage(result, "dense evaluation"):
                 result.dense_metrics = self.dense_metrics(plugins.evaluators, config)
@@ -525,7 +531,7 @@ class _Zero:
         return 0.0
 
 
-def _stack_of(model: Any, layout: Layout) -> torch.nn.ModuleList:
+def stack_of(model: Any, layout: Layout) -> torch.nn.ModuleList:
     """The model's ModuleList holding the layout's layers (the one the model iterates)."""
     if isinstance(layout.stack, torch.nn.ModuleList):
         return layout.stack

@@ -141,6 +141,7 @@ class ZeroShotEvaluator:
     headline: ClassVar[str] = "zeroshot.mean"
     lower_is_better: ClassVar[bool | None] = False
     shortcuts: ClassVar[dict[str, str]] = {"tasks": "tasks"}  # `lsaf eval MODEL --tasks paper`
+    summary: ClassVar[tuple[str, ...]] = ("zeroshot.mean", "zeroshot.*.acc", "zeroshot.*.acc_norm")
 
     def __init__(self, options: ZeroShotOptions | None = None) -> None:
         self.options = options or ZeroShotOptions()

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lsa_framework.report.tables import markdown_table
+
 if TYPE_CHECKING:
     from lsa_framework.result import RunResult
-
-
-def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The metrics worth a table row: everything but the per-layer and per-linear breakdowns."""
-    return {k: v for k, v in metrics.items() if k.count(".") == 0 or k.startswith("zeroshot.")}
 
 
 def _title(result: RunResult) -> str:
@@ -31,19 +28,17 @@ def render_markdown(result: RunResult) -> str:
         lines += [f"Model `{c.model}` ({c.dtype})."]
     if result.model_sha256:
         lines += ["", f"Weights sha256 `{result.model_sha256[:16]}` (read from `{result.model_source}`)."]
-    lines += ["", "| metric | dense | value |", "| --- | --- | --- |"]
-    for key, value in headline_metrics(result.metrics).items():
-        dense = result.dense_metrics.get(key)
-        lines.append(f"| {key} | {'' if dense is None else f'{dense:.4f}'} | {value:.4f} |")
-    lines += ["", "| stage | seconds | peak RSS (MB) |", "| --- | --- | --- |"]
-    lines += [f"| {k} | {v:.1f} | {result.peak_rss_mb.get(k, 0):.0f} |" for k, v in result.timings.items()]
+    metrics = [[k, result.dense_metrics.get(k), v] for k, v in result.summary_values().items()]
+    lines += ["", markdown_table(["metric", "dense", "value"], metrics, "lrr", digits=4)]
+    stages = [
+        [k, f"{v:.1f}", f"{result.cpu_s.get(k, 0):.1f}", f"{result.peak_rss_mb.get(k, 0):.0f}"]
+        for k, v in result.timings.items()
+    ]
+    lines += ["", markdown_table(["stage", "seconds", "CPU seconds", "peak RSS (MB)"], stages, "lrrr")]
     if result.units:
-        lines += ["", "| unit | parameters | score | allocated | realised |", "| --- | --- | --- | --- | --- |"]
-        lines += [
-            f"| {u.name} | {u.numel} | {u.score:.6g} | {u.sparsity:.4f} | "
-            f"{'' if u.realised is None else f'{u.realised:.4f}'} |"
-            for u in result.units
-        ]
+        units = [[u.name, u.numel, f"{u.score:.6g}", u.sparsity, u.realised] for u in result.units]
+        headers = ["unit", "parameters", "score", "allocated", "realised"]
+        lines += ["", markdown_table(headers, units, "lrrrr", digits=4)]
     if result.allocation.get("note"):
         lines += ["", f"Note: {result.allocation['note']}."]
     if result.units:
