@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lsa_framework.scorers.owl",
     "lsa_framework.scorers.dlp",
     "lsa_framework.allocators.granularity",
+    "lsa_framework.allocators.expert",
     "lsa_framework.pruners.magnitude",
     "lsa_framework.pruners.wanda",
     "lsa_framework.pruners.sparsegpt",
