@@ -63,7 +63,8 @@ def test_experts_in_an_unknown_fused_layout_are_refused_with_one_sentence(flag: 
     """GPT-OSS-like layouts (biased, transposed, interleaved [gate, up]) would be pruned wrongly: refused."""
     model = tiny_model("mixtral", num_layers=2)
     setattr(model.model.layers[1].mlp.experts, flag, value)
-    with pytest.raises(UnsupportedArchitectureError, match=f"mixture of experts with fused experts with {flag}=") as info:
+    expected = f"mixture of experts with fused experts with {flag}="
+    with pytest.raises(UnsupportedArchitectureError, match=expected) as info:
         discover_layout(model)
     assert "\n" not in str(info.value) and "nearest supported family" in str(info.value)
 
