@@ -310,3 +310,26 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(moe_dirs, t
         ours = load_file(str(tmp_path / "resumed" / "model" / file.name))
         for key, tensor in load_file(str(file)).items():
             assert torch.equal(ours[key], tensor), key
+
+
+def test_cli_expert_allocator_masks_rebuild_the_pruned_moe(moe_dirs, tiny_text_file, tmp_path):
+    """``lsaf run --allocator expert --export safetensors,masks`` then ``lsaf apply``: the same weights."""
+    from typer.testing import CliRunner
+
+    from lsa_framework.cli import app
+
+    out, rebuilt, model = tmp_path / "out", tmp_path / "rebuilt", str(moe_dirs["qwen2_moe"])
+    runner = CliRunner()
+    ran = runner.invoke(app, ["run", "--model", model, "--calibration", str(tiny_text_file), "--nsamples", "8",
+                              "--seqlen", "64", "--scorer", "dlp", "--allocator", "expert", "--pruner", "wanda",
+                              "--sparsity", "0.5", "--eval", "sparsity", "--export", "safetensors,masks",
+                              "--output", str(out), "--quiet"], catch_exceptions=False)  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    units = {u["name"] for u in json.loads((out / "run.json").read_text())["units"]}
+    assert {"layer.1.experts.3", "layer.1.shared_expert", "layer.1.attention"} <= units
+    applied = runner.invoke(app, ["apply", str(out / "masks"), "--model", model, "--output", str(rebuilt)])
+    assert applied.exit_code == 0, applied.output
+    pruned = load_file(str(out / "model" / "model.safetensors"))
+    again = load_file(str(rebuilt / "model" / "model.safetensors"))
+    assert again.keys() == pruned.keys() and any(".experts.2.up_proj" in k for k in again)
+    assert all(torch.equal(again[k], pruned[k]) for k in pruned)
