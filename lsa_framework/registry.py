@@ -35,6 +35,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lsa_framework.scorers.lse",
     "lsa_framework.scorers.owl",
     "lsa_framework.scorers.dlp",
+    "lsa_framework.scorers.usage",
     "lsa_framework.allocators.granularity",
     "lsa_framework.allocators.expert",
     "lsa_framework.pruners.magnitude",
