@@ -2,12 +2,13 @@
 
     lsaf run --model ./mixtral-like --scorer owl --allocator expert --pruner wanda
 
-Routed experts have no module of their own (see :mod:`lsa_framework.model.moe`), so one forward pre-hook
-on each experts module reads ``(hidden, top_k_index)``, splits the tokens by expert, and feeds
+Routed experts have no module of their own (see :mod:`lsa_framework.model.moe`), so hooks on each
+experts module read ``(hidden, top_k_index)``, split the tokens by expert, and feed
 
 * expert e's ``gate_up`` group the hidden states of the tokens routed to e, and
-* expert e's ``down`` group act(gate)·up of those tokens, recomputed from ``gate_up_proj[e]`` (the
-  grouped kernel keeps it internal; one extra gate/up product per routed token, only while gathering).
+* expert e's ``down`` group act(gate)·up of those tokens: read where the experts implementation computes
+  it for all routed rows at once (``grouped_mm``, the default, and ``batched_mm`` call ``_apply_gate``
+  once), or recomputed from ``gate_up_proj[e]`` otherwise (``eager``).
 
 Every registered statistic (``gram``, ``input_sq_norm``, third-party ones) gets these rows through its
 usual ``add(x, batch)``; ``batch`` is the number of sequences of the forward (counted by a pre-hook on the
@@ -67,28 +68,69 @@ def hook_experts(groups: Mapping[str, Sequence[LinearInfo]], accumulators: Mappi
     if not by_module:
         return []
     sequences = _Sequences()
-    handles = []
+    handles: list[Any] = []
     if layer is not None:
         handles.append(layer.register_forward_pre_hook(sequences.hook, with_kwargs=True))
-    for module, per_expert in by_module.values():
-        handles.append(module.register_forward_pre_hook(_experts_hook(per_expert, sequences), with_kwargs=True))
+    handles.extend(_ExpertsTap(module, per_expert, sequences) for module, per_expert in by_module.values())
     return handles
 
 
-def _experts_hook(per_expert: dict[int, dict[str, Any]], sequences: _Sequences) -> Any:
-    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+class _ExpertsTap:
+    """The hooks of one experts module during one gather; ``remove()`` takes them all off.
+
+    A pre-hook keeps the forward's ``(hidden, top_k_index)``; the experts implementations that call
+    ``_apply_gate`` once on every routed row (``grouped_mm``, ``batched_mm``) have it wrapped to keep that
+    result, the down projections' very inputs; the forward hook then feeds every expert's accumulators.
+    Where the implementation's activations cannot be read (``eager``, or an unexpected call), the down
+    inputs are recomputed from ``gate_up_proj[e]``: the same values, one more gate/up product.
+    """
+
+    def __init__(self, module: Any, per_expert: dict[int, dict[str, Any]], sequences: _Sequences) -> None:
+        self.module, self.per_expert, self.sequences = module, per_expert, sequences
+        self.call: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.gated: list[torch.Tensor] = []
+        self.handles = [
+            module.register_forward_pre_hook(self.before, with_kwargs=True),
+            module.register_forward_hook(self.after),
+        ]
+        wants_down = any("down_proj" in accumulators for accumulators in per_expert.values())
+        original: Any = getattr(type(module), "_apply_gate", None)
+        self.patched = wants_down and original is not None and moe.implementation(module) in moe.GATED_ROW_ORDER
+        if self.patched:
+
+            def apply_gate(gate_up_out: torch.Tensor) -> torch.Tensor:
+                out: torch.Tensor = original(module, gate_up_out)
+                self.gated.append(out.detach())
+                return out
+
+            module._apply_gate = apply_gate  # an instance attribute shadows the class's method
+
+    def before(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         hidden, top_k_index = moe.experts_call(args, kwargs)
-        rows = moe.routed_tokens(top_k_index.detach(), moe.num_experts(module))
-        x = hidden.detach()
+        self.call = (hidden.detach(), top_k_index.detach())
+        self.gated = []
+
+    def after(self, module: Any, _args: tuple[Any, ...], _output: Any) -> None:
+        assert self.call is not None
+        x, top_k_index = self.call
+        rows = moe.routed_tokens(top_k_index, moe.num_experts(module))
+        down = moe.gated_rows(module, self.gated[0], top_k_index) if len(self.gated) == 1 else None
+        batch = self.sequences.value
         with torch.no_grad():
-            for expert, accumulators in per_expert.items():
+            for expert, accumulators in self.per_expert.items():
                 tokens = x[rows[expert]]
                 if "gate_up_proj" in accumulators:
-                    accumulators["gate_up_proj"].add_tokens(tokens, sequences.value)
+                    accumulators["gate_up_proj"].add_tokens(tokens, batch)
                 if "down_proj" in accumulators:
-                    accumulators["down_proj"].add_tokens(moe.down_input(module, expert, tokens), sequences.value)
+                    inputs = down[expert] if down is not None else moe.down_input(module, expert, tokens)
+                    accumulators["down_proj"].add_tokens(inputs, batch)
+        self.call, self.gated = None, []
 
-    return hook
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        if self.patched:
+            self.module.__dict__.pop("_apply_gate", None)
 
 
 # --- what the run does with the routing ------------------------------------------------------------------

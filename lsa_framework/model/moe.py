@@ -98,22 +98,48 @@ def num_experts(experts: Any) -> int:
     return int(experts.gate_up_proj.shape[0])
 
 
-def routed_tokens(top_k_index: torch.Tensor, num_experts: int) -> list[torch.Tensor]:
-    """Per expert, the (ascending) rows of the flattened tokens routed to it.
+def routing_order(top_k_index: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, list[int]]:
+    """The (token, slot) choices flattened and stably sorted by expert, and the count of each expert.
 
-    One stable sort of the (T·k) choices instead of one comparison of all of them per expert; an
-    expert is chosen at most once per token (top-k indices are distinct), so no row repeats.
+    One sort of the T·k choices instead of one comparison of all of them per expert.
     """
     choices = top_k_index.reshape(-1)
-    k = top_k_index.shape[-1] if top_k_index.dim() > 1 else 1
     order = torch.sort(choices, stable=True).indices
     counts = torch.bincount(choices, minlength=num_experts)[:num_experts].tolist()
-    rows = order // k
-    return list(torch.split(rows, counts))
+    return order, counts
+
+
+def routed_tokens(top_k_index: torch.Tensor, num_experts: int) -> list[torch.Tensor]:
+    """Per expert, the (ascending) rows of the flattened tokens routed to it; an expert is chosen at most
+    once per token (top-k indices are distinct), so no row repeats."""
+    order, counts = routing_order(top_k_index, num_experts)
+    k = top_k_index.shape[-1] if top_k_index.dim() > 1 else 1
+    return list(torch.split(order // k, counts))
+
+
+#: Experts implementations that call ``experts._apply_gate`` once on the gate/up output of every routed
+#: (token, slot) row, and the order of those rows: ``grouped_mm`` sorts them by expert, ``batched_mm``
+#: keeps the flattened ``top_k_index`` order (transformers 5.24, ``integrations/moe.py``).
+GATED_ROW_ORDER = {"grouped_mm": "by_expert", "batched_mm": "by_slot"}
+
+
+def implementation(experts: Any) -> str | None:
+    return getattr(getattr(experts, "config", None), "_experts_implementation", None)
+
+
+def gated_rows(experts: Any, gated: torch.Tensor, top_k_index: torch.Tensor) -> list[torch.Tensor] | None:
+    """Per expert, the rows of ``gated`` (what ``_apply_gate`` returned in one forward: act(gate)·up of every
+    routed row) that belong to it; None when the implementation's row order is not known."""
+    layout = GATED_ROW_ORDER.get(str(implementation(experts)))
+    if layout is None or gated.dim() != 2 or gated.shape[0] != top_k_index.numel():
+        return None
+    order, counts = routing_order(top_k_index, num_experts(experts))
+    return list((gated if layout == "by_expert" else gated[order]).split(counts))
 
 
 def down_input(experts: Any, expert: int, tokens: torch.Tensor) -> torch.Tensor:
-    """act(gate)·up of ``tokens`` for one expert: what its down projection reads, in the model's dtype."""
+    """act(gate)·up of ``tokens`` for one expert: what its down projection reads, in the model's dtype
+    (recomputed; used where the implementation's own activations cannot be read, e.g. ``eager``)."""
     gate_up = F.linear(tokens, experts.gate_up_proj[expert])
     apply_gate = getattr(experts, "_apply_gate", None)
     if apply_gate is not None:

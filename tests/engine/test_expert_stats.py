@@ -17,6 +17,7 @@ from lsa_framework.engine.expert_stats import RoutingLog, unrouted
 from lsa_framework.engine.layer_calls import capture_activations
 from lsa_framework.engine.passes import scoring_pass
 from lsa_framework.engine.statistics import Gram, InputSqNorm
+from lsa_framework.model import moe
 from lsa_framework.model.discovery import discover_layout
 from lsa_framework.scorers.functions import dlp_score, lse_error, outlier_ratio, wanda_metric
 from lsa_framework.types import LinearStats
@@ -50,6 +51,7 @@ CLASSES = {"gram": Gram, "input_sq_norm": InputSqNorm, "row_count": RowCount}
 
 
 def engine_stats(model: Any, ids: torch.Tensor) -> tuple[Any, dict[int, dict[str, LinearStats]]]:
+    """The statistics of every layer from the engine's dense pass (batches of BATCH sequences)."""
     layout = discover_layout(model)
     acts = capture_activations(model, layout.stack, ids, BATCH, torch.device("cpu"))
     found: dict[int, dict[str, LinearStats]] = {}
@@ -70,9 +72,15 @@ def block_inputs(model: Any, ids: torch.Tensor) -> dict[int, torch.Tensor]:
     return seen
 
 
+@pytest.mark.parametrize("implementation", ["grouped_mm", "batched_mm", "eager"])
 @pytest.mark.parametrize("family", MOE_FAMILIES)
-def test_each_expert_gets_the_statistics_of_its_routed_tokens(family: str):
+def test_each_expert_gets_the_statistics_of_its_routed_tokens(family: str, implementation: str, monkeypatch):
+    """grouped_mm (the default) and batched_mm: the down inputs are read from the forward itself (recomputing
+    them is made to fail); eager: recomputed from gate_up_proj[e]."""
     model = tiny_model(family, num_layers=2)
+    model.set_experts_implementation(implementation)
+    if implementation != "eager":
+        monkeypatch.setattr(moe, "down_input", lambda *_a: (_ for _ in ()).throw(AssertionError("recomputed")))
     ids = torch.randint(0, 190, (SEQUENCES, SEQLEN), generator=torch.Generator().manual_seed(0))
     layout, stats = engine_stats(model, ids)
     inputs = block_inputs(model, ids)
@@ -95,6 +103,7 @@ def test_each_expert_gets_the_statistics_of_its_routed_tokens(family: str):
                 checked += 1
         attention = next(i for i in layout.linears[index] if i.projection == "q")
         assert stats[index][attention.name].ntokens == SEQUENCES * SEQLEN  # dense linears: every token
+        assert "_apply_gate" not in vars(layer.mlp.experts)  # the wrapper is gone after the pass
     assert checked >= 8  # 4 experts x 2 matrices in every MoE layer
 
 
