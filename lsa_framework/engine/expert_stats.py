@@ -107,7 +107,11 @@ class _ExpertsTap:
 
     def before(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         hidden, top_k_index = moe.experts_call(args, kwargs)
-        self.call = (hidden.detach(), top_k_index.detach())
+        # (tokens, hidden) and (tokens, k), as every block here passes them; flattened in case one does not
+        self.call = (
+            hidden.detach().reshape(-1, hidden.shape[-1]),
+            top_k_index.detach().reshape(-1, top_k_index.shape[-1]),
+        )
         self.gated = []
 
     def after(self, module: Any, _args: tuple[Any, ...], _output: Any) -> None:
@@ -134,11 +138,6 @@ class _ExpertsTap:
 
 
 # --- what the run does with the routing ------------------------------------------------------------------
-
-
-def unit_of(info: LinearInfo) -> str:
-    """``layer.{i}.experts.{e}``: how run.json and ``--allocator expert`` name an expert."""
-    return f"layer.{info.layer}.experts.{info.expert}"
 
 
 def unrouted(linears: Sequence[LinearInfo], stats: Mapping[str, LinearStats]) -> list[LinearInfo]:
