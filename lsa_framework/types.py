@@ -47,6 +47,7 @@ class LinearInfo:
     parameter: str = "weight"  # the module's attribute holding the matrix
     transposed: bool = False  # stored as (in, out) (Conv1D)
     index: int | None = None  # a slice of a stacked parameter (one expert of fused experts)
+    expert: int | None = None  # the routed expert this matrix belongs to (its statistics: its routed tokens)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -317,7 +318,7 @@ class Allocator(Protocol):
 
     name: ClassVar[str]
     Options: ClassVar[type[PluginOptions]]
-    granularity: ClassVar[str]  # "layer", "block" or "projection": tells scorers which defaults apply
+    granularity: ClassVar[str]  # "layer", "block", "projection" or "expert": tells scorers which defaults apply
 
     def __init__(self, options: Any) -> None: ...
 

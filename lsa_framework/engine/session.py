@@ -38,6 +38,7 @@ from lsa_framework.allocators.mapping import MAX_SPARSITY
 from lsa_framework.config import RunConfig
 from lsa_framework.data.windows import fit_seqlen, model_context, sample_windows
 from lsa_framework.engine.checkpoint import Checkpoint
+from lsa_framework.engine.expert_stats import RoutingLog, prune_by_magnitude, unrouted
 from lsa_framework.engine.layer_calls import Activations, capture_activations
 from lsa_framework.engine.masks import MaskSet
 from lsa_framework.engine.observer import Observer, stage
@@ -136,6 +137,7 @@ class Session:
         self._dense: dict[str, torch.Tensor] | None = None
         self.recovered: Any = None  # what the recovery stage returned (its exporter-side extras)
         self._dense_metrics: dict[str, dict[str, float]] = {}
+        self.routing = RoutingLog()  # how the router spread the calibration tokens (MoE models)
         if config.threads:
             torch.set_num_threads(config.threads)
 
@@ -226,6 +228,7 @@ class Session:
         by_layer = {job.key: _units_by_layer(job.units) for job in data_jobs}
 
         def on_stats(index: int, stats: dict[str, LinearStats]) -> None:
+            self.routing.observe("scoring", layout.linears[index], stats)
             for job in data_jobs:
                 for unit in by_layer[job.key].get(index, []):
                     values[job.key][unit.name] = job.scorer.score(unit, stats)
@@ -310,7 +313,16 @@ class Session:
             checkpoint.restore_layer(layout, index, masks)
 
         def prune_layer(index: int, stats: dict[str, LinearStats]) -> None:
-            found = pruner.prune_layer(layout.linears[index], stats, linear_sparsity, pattern)
+            linears = layout.linears[index]
+            if pruner.needs:  # a data-free pruner gathers nothing, so nothing was routed
+                self.routing.observe("pruning", linears, stats)
+            # experts no calibration token reached: a data-free rule, not a pruner without data
+            empty = unrouted(linears, stats) if pruner.needs else []
+            self.routing.fell_back(empty)
+            found = prune_by_magnitude(empty, linear_sparsity, pattern)
+            skip = {info.name for info in empty}
+            routed = [info for info in linears if info.name not in skip]
+            found.update(pruner.prune_layer(routed, stats, linear_sparsity, pattern))
             for name, mask in found.items():
                 masks.add(name, mask)
             self.hooks.lsaf_after_layer_pruned(layer_index=index, masks=found, report=report)
@@ -318,6 +330,7 @@ class Session:
                 checkpoint.save_layer(layout, index, masks)
 
         needs = pruner.needs
+        self.routing.start_pruning()
         acts = self.activations() if needs and kept is None else None  # no forward for data-free masks
         saved = dict(kept.by_layer) if kept is not None else None  # a copy: the pass drops what it used
         self.observer.start_pass("pruning", layout.num_layers)
@@ -505,6 +518,8 @@ class Session:
         with stage(result, "pruning"):
             masks = self.prune(plugins.pruner, allocation, result, checkpoint, kept, config)
             result.mask_hashes = dict(masks.hashes)
+        if self.routing:
+            result.extra["routing"] = self.routing.to_json()
         result.units = self.unit_records(allocation)
         with stage(result, "evaluation"):
             result.metrics = self.evaluate(plugins.evaluators, config)

@@ -10,6 +10,9 @@ The two built-in statistics are the references' own:
 * ``input_sq_norm`` — Σ_tokens x_j² per input channel, divided by the number of sequences (Wanda's
   ``scaler_row``);
 * ``gram`` — H = (2/n) Σ XᵀX over all tokens, n = the number of sequences (SparseGPT's Hessian).
+
+A routed expert's statistics are these same sums over the tokens the router sent to it, unscaled by the
+routing weights, still divided by the number of sequences (see :mod:`lsa_framework.engine.expert_stats`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from lsa_framework.engine.expert_stats import hook_experts
 from lsa_framework.hookspecs import hookimpl
 from lsa_framework.types import LinearInfo, LinearStats
 
@@ -78,9 +82,16 @@ class _Group:
     def add(self, x: torch.Tensor) -> None:
         # x: (batch, tokens, in), (tokens, in) or flattened by the model (OPT); a "sample" is one sequence
         batch = x.shape[0] if x.dim() == 3 else 1
-        flat = x.reshape(-1, x.shape[-1]).float()
+        self.add_tokens(x.reshape(-1, x.shape[-1]), batch)
+
+    def add_tokens(self, flat: torch.Tensor, batch: int) -> None:
+        """``flat`` (tokens, in): the rows this group read from ``batch`` sequences (a routed expert reads
+        only some rows of them; with none, the sequences still count, the statistics see nothing)."""
         self.nsamples += batch
         self.ntokens += flat.shape[0]
+        if flat.shape[0] == 0:
+            return
+        flat = flat.float()
         for part in self.parts.values():
             part.add(flat, batch)
 
@@ -103,12 +114,17 @@ def statistic_classes(needs: Iterable[str]) -> dict[str, type]:
 
 @contextmanager
 def gather_stats(
-    linears: Sequence[LinearInfo], needs: Iterable[str], classes: Mapping[str, type] | None = None
+    linears: Sequence[LinearInfo],
+    needs: Iterable[str],
+    classes: Mapping[str, type] | None = None,
+    layer: torch.nn.Module | None = None,
 ) -> Iterator[dict[str, LinearStats]]:
     """Hook ``linears`` while the caller runs forwards; on exit, fill the yielded dict.
 
     The dict maps each linear's name to its group's statistics. With no ``needs`` no hook is set.
-    ``classes`` (name → statistic class) saves a registry lookup per layer.
+    ``classes`` (name → statistic class) saves a registry lookup per layer. Routed experts are hooked
+    once per experts module (:mod:`lsa_framework.engine.expert_stats`); ``layer``, their decoder layer,
+    tells them how many sequences each forward carries (without it, each forward counts as one).
     """
     wanted = frozenset(needs)
     chosen = dict(classes) if classes is not None else statistic_classes(wanted)
@@ -127,11 +143,14 @@ def gather_stats(
             first = members[0]
             acc = _Group(first.in_features, chosen, first.weight.device)
             accumulators[group] = acc
+            if first.expert is not None:
+                continue  # routed experts: one hook per experts module, below
 
             def hook(_module: Any, args: tuple[Any, ...], _acc: _Group = acc) -> None:
                 _acc.add(args[0].detach())
 
             handles.append(first.module.register_forward_pre_hook(hook))
+        handles.extend(hook_experts(groups, accumulators, layer))
     try:
         yield result
     finally:

@@ -1,6 +1,7 @@
 """Where the prunable parts of a causal LM are, found from its module tree and one traced call.
 
-    lsaf run --model ./any-decoder-model    # Llama, Mistral, Qwen2/3, Gemma 2/3, OPT, Phi-3, GPT-NeoX, Falcon, GPT-2
+    lsaf run --model ./any-decoder-model    # Llama, Mistral, Qwen2/3, Gemma 2/3, OPT, Phi-3, GPT-NeoX, Falcon, GPT-2,
+                                            # and mixtures of experts: Mixtral, Qwen2-MoE, Qwen3-MoE
 
 * **The decoder-layer stack** is the ``nn.ModuleList`` of ``config.num_hidden_layers`` modules that
   hold linears (``model.layers``, ``model.decoder.layers``, ``gpt_neox.layers``, ``transformer.h``, ...).
@@ -12,12 +13,14 @@
   arguments, comparing the input tensors the linears receive. One layer per distinct structure is traced.
 * **Blocks**: a linear under a module whose class name contains ``Attention`` is attention, any other
   is MLP (OPT's ``fc1``/``fc2`` hang directly off the layer).
+* **Routed experts** stored as fused 3-D parameters (transformers 5) give two matrices per expert, each
+  in an input group of its own (:mod:`lsa_framework.model.moe`); fused layouts it does not know are refused.
 * **Projection names** are the linear's name without ``_proj`` (``q``, ``down``), or its path inside
   the layer where that is ambiguous (GPT-2's ``attn.c_proj`` and ``mlp.c_proj``).
 
 Architecture plugins (``lsaf_register_architectures``) may then refine the layout for models they
-recognise. Encoder-decoder models, state-space models and mixtures of experts are refused before any
-work with one sentence.
+recognise. Encoder-decoder models, state-space models and experts in an unknown fused layout are refused
+before any work with one sentence.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 
 from lsa_framework.errors import UnsupportedArchitectureError
+from lsa_framework.model import moe
 from lsa_framework.types import Block, Layout, LinearInfo
 
 #: The last name component of linears that route tokens rather than transform them; never pruned.
@@ -46,6 +50,9 @@ SUPPORTED_FAMILIES = {
     "gpt_neox": "GPT-NeoX",
     "falcon": "Falcon",
     "gpt2": "GPT-2",
+    "mixtral": "Mixtral",
+    "qwen2_moe": "Qwen2-MoE",
+    "qwen3_moe": "Qwen3-MoE",
 }
 STATE_SPACE_TYPES = ("mamba", "mamba2", "falcon_mamba", "rwkv", "jamba", "zamba", "bamba", "lfm2")
 TRACE_TOKENS = 8
@@ -87,11 +94,13 @@ def _refuse(model: Any, what: str) -> UnsupportedArchitectureError:
     )
 
 
-def _has_experts(layer: torch.nn.Module) -> bool:
-    return any(
-        param.dim() == 3 and name.rsplit(".", 1)[-1] in ("gate_up_proj", "down_proj", "up_proj", "w1", "w2", "w3")
-        for name, param in layer.named_parameters()
-    )
+def _check_experts(model: Any, stack: torch.nn.ModuleList) -> None:
+    """Refuse fused experts whose layout :mod:`lsa_framework.model.moe` does not know (before any work)."""
+    for layer in stack:
+        for _, experts in moe.experts_modules(layer):
+            problem = moe.layout_problem(experts)
+            if problem is not None:
+                raise _refuse(model, f"a mixture of experts with {problem}")
 
 
 def _kind_of(config: Any, class_name: str) -> str | None:
@@ -208,8 +217,7 @@ def discover_layout(model: Any, trace_ids: torch.Tensor | None = None) -> Layout
 
     check_supported(model)
     prefix, stack = decoder_stack(model)
-    if any(_has_experts(layer) for layer in stack):
-        raise _refuse(model, "a mixture-of-experts model")
+    _check_experts(model, stack)
     if trace_ids is None:
         vocab = int(getattr(_config(model), "vocab_size", 2) or 2)
         trace_ids = (torch.arange(TRACE_TOKENS) % vocab).unsqueeze(0)
@@ -236,6 +244,7 @@ def discover_layout(model: Any, trace_ids: torch.Tensor | None = None) -> Layout
                 )
                 for path, module, transposed in found
             ]
+            + moe.expert_linears(layer, prefix, index)
         )
     layout = Layout(architecture="generic", layers=list(stack), linears=linears, stack=stack)
     return _refined(model, layout)

@@ -9,7 +9,8 @@ layer) and dropped when it leaves. A layer whose tensors changed meanwhile (it w
 written to its own shard in a staging folder, which becomes its source from then on, so evaluation
 reads the pruned weights and saving the model moves finished shards instead of rewriting them.
 Peak memory is therefore the non-layer weights, about two layers and the calibration activations,
-whatever the depth.
+whatever the depth. Fused experts (mixtures of experts) are assembled from the checkpoint's per-expert
+matrices and written back under their keys (:mod:`lsa_framework.model.checkpoint_keys`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 from lsa_framework.errors import BadInputError
 from lsa_framework.model import tensorfile
+from lsa_framework.model.checkpoint_keys import Source, find_source, read_sources
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -80,20 +82,6 @@ def tensor_files(folder: Path) -> dict[str, Path]:
     )
 
 
-def read_tensors(sources: dict[str, tuple[Path, str]], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Tensors by name from ``(file, key)`` sources, one open per file; floats cast to ``dtype``."""
-    by_file: dict[Path, list[tuple[str, str]]] = {}
-    for name, (file, key) in sources.items():
-        by_file.setdefault(file, []).append((name, key))
-    tensors: dict[str, torch.Tensor] = {}
-    for file, pairs in by_file.items():
-        found = tensorfile.read_tensors(file, [key for _, key in pairs])
-        for name, key in pairs:
-            tensor = found.pop(key)
-            tensors[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-    return tensors
-
-
 def _set_tensor(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
     """Replace a parameter or buffer (dotted ``name``) of ``module`` by ``value``."""
     owner_name, _, leaf = name.rpartition(".")
@@ -137,15 +125,16 @@ class DiskLayers:
         self.dtype = dtype
         self.staging = staging
         self.device = torch.device("cpu")
-        self.sources: list[dict[str, tuple[Path, str]]] = []
+        self.sources: list[dict[str, Source]] = []
         for layer, prefix in zip(self.layers, self.prefixes, strict=True):
-            missing = [prefix + n for n in _tensors_of(layer) if prefix + n not in files]
+            found = {n: find_source(prefix + n, t, files) for n, t in _tensors_of(layer).items()}
+            missing = [prefix + n for n, source in found.items() if source is None]
             if missing:
                 raise BadInputError(
                     f"The checkpoint has no tensor {missing[0]} ({len(missing)} missing in {prefix.rstrip('.')}); "
                     "check that the model folder is complete."
                 )
-            self.sources.append({n: (files[prefix + n], prefix + n) for n in _tensors_of(layer)})
+            self.sources.append({n: source for n, source in found.items() if source is not None})
         self.staged: set[int] = set()
         self._original_sources = [dict(sources) for sources in self.sources]
         self._depth = [0] * len(self.layers)
@@ -166,7 +155,7 @@ class DiskLayers:
     def _enter(self, index: int) -> None:
         if self._depth[index] == 0:
             layer = self.layers[index]
-            for name, tensor in read_tensors(self.sources[index], self.dtype).items():
+            for name, tensor in read_sources(self.sources[index], self.dtype).items():
                 _set_tensor(layer, name, tensor.to(self.device))
             self._loaded_versions[index] = _versions(layer)
         self._depth[index] += 1
@@ -186,13 +175,15 @@ class DiskLayers:
         return f"layer-{index:05d}.safetensors"
 
     def _stage(self, index: int) -> None:
-        """Write the resident layer to its own shard and read it from there from now on."""
+        """Write the resident layer to its own shard, under its checkpoint keys, and read it from there from now on."""
         self.staging.mkdir(parents=True, exist_ok=True)
-        prefix = self.prefixes[index]
-        tensors = {prefix + n: t for n, t in _tensors_of(self.layers[index]).items()}
+        sources = self.sources[index]
+        tensors: dict[str, torch.Tensor] = {}
+        for n, t in _tensors_of(self.layers[index]).items():
+            tensors.update(sources[n].split(t))
         path = self.staging / self.shard_name(index)
         tensorfile.write_tensors(path, tensors, metadata={"format": "pt"})
-        self.sources[index] = {n: (path, prefix + n) for n in _tensors_of(self.layers[index])}
+        self.sources[index] = {n: source.moved(path) for n, source in sources.items()}
         self.staged.add(index)
 
     def reset(self) -> None:
@@ -227,7 +218,7 @@ class DiskLayers:
             name = self.shard_name(index)
             _link_or_copy(self.staging / name, folder / name)
             for local, tensor in _tensors_of(layer).items():  # meta tensors: shape and dtype only
-                weight_map[self.prefixes[index] + local] = name
+                weight_map.update(dict.fromkeys(self.sources[index][local].keys, name))
                 total += tensor.numel() * tensor.element_size()
         index_data = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (folder / INDEX_FILE).write_text(json.dumps(index_data, indent=2) + "\n")
@@ -306,11 +297,11 @@ def load_offloaded(folder: Path, dtype: torch.dtype, staging: Path) -> tuple[Any
     _, stack = decoder_stack(model)
     disk = DiskLayers(model, list(stack), files, dtype, staging)
     outside = {
-        name: (files[name], name)
+        name: Source.plain(files[name], name)
         for name in _tensors_of(model)
         if not name.startswith(tuple(disk.prefixes)) and name in files
     }
-    for name, tensor in read_tensors(outside, dtype).items():
+    for name, tensor in read_sources(outside, dtype).items():
         _set_tensor(model, name, tensor)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()

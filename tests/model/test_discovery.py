@@ -58,10 +58,14 @@ def test_projection_names_are_the_familiar_ones():
     assert [i.projection for i in gpt2.linears[0]] == ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
 
 
-@pytest.mark.parametrize("family", MOE_FAMILIES)
-def test_mixtures_of_experts_are_refused_with_one_sentence(family: str):
-    with pytest.raises(UnsupportedArchitectureError, match="mixture-of-experts") as info:
-        discover_layout(tiny_model(family, num_layers=2))
+@pytest.mark.parametrize(("flag", "value"), [("has_bias", True), ("is_transposed", True), ("is_concatenated", False)])
+def test_experts_in_an_unknown_fused_layout_are_refused_with_one_sentence(flag: str, value: bool):
+    """GPT-OSS-like layouts (biased, transposed, interleaved [gate, up]) would be pruned wrongly: refused."""
+    model = tiny_model("mixtral", num_layers=2)
+    setattr(model.model.layers[1].mlp.experts, flag, value)
+    expected = f"mixture of experts with fused experts with {flag}="
+    with pytest.raises(UnsupportedArchitectureError, match=expected) as info:
+        discover_layout(model)
     assert "\n" not in str(info.value) and "nearest supported family" in str(info.value)
 
 
