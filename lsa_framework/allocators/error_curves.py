@@ -29,6 +29,16 @@ levels and nothing carries over: it runs SparseGPT once per level (one Cholesky 
 :func:`~lsa_framework.pruners.masks.sparsegpt_prune_stacked`), as EvoPress builds its level database
 (IST-DASLab/EvoPress ``src/fast_obc.py``, one OBS pass per sparsity). It costs L SparseGPT runs.
 
+The fast curve (:func:`anchored_wanda_curve`, what ``--scorer rd`` uses). Split the error into its
+diagonal and off-diagonal parts, E(M) = Σ_{pruned} w_rj² H_jj + Σ_{pruned j≠k} w_rj H_jk w_rk. The
+diagonal part at every level is a prefix sum along each row's order (O(out·in) for all levels at
+once); the full error costs a product with H per level. So the full error is computed exactly at a
+few *anchor* levels only (one batched f32 product, accumulated in f64), and at the other levels the
+off-diagonal part is interpolated linearly between anchors (it is 0 at sparsity 0). On the default
+model the off-diagonal part is a few percent of the error (2–10% at 70%), so the interpolated
+points are within ~1–3% of the exact ones with anchors 0.1 apart (measured on layers 2, 15 and 28).
+At the anchors the curve is exact.
+
 Normalisation (:func:`normalise_curves`) decides the allocation; see its docstring.
 """
 
@@ -49,6 +59,8 @@ from lsa_framework.types import Pattern
 
 __all__ = [
     "WandaLevels",
+    "anchored_wanda_curve",
+    "diagonal_error_curve",
     "mask_error",
     "nested_error_curve",
     "normalise_curves",
@@ -210,6 +222,65 @@ def wanda_error_curve(
     actually applied at that sparsity.
     """
     return nested_error_curve(weight, gram, wanda_levels(weight, input_sq_norm, levels, rounding))
+
+
+@torch.no_grad()
+def diagonal_error_curve(weight: Tensor, gram: Tensor, levels: WandaLevels) -> Tensor:
+    """Σ_{pruned} w_rj² H_jj at every level of ``levels`` (the diagonal part of the error), float64 (L,)."""
+    _check_linear(weight, gram, None)
+    W = weight.detach().to(torch.float64)
+    diag = torch.diagonal(gram.detach()).to(device=W.device, dtype=torch.float64)
+    ordered = (W.pow(2) * diag[None, :]).gather(1, levels.order.to(W.device))
+    prefix = torch.nn.functional.pad(ordered.cumsum(dim=1), (1, 0))  # prefix[r, c] = sum of the first c
+    counts = levels.counts.to(W.device)
+    return torch.stack([prefix.gather(1, counts[i][:, None]).sum() for i in range(counts.shape[0])]).cpu()
+
+
+@torch.no_grad()
+def anchored_wanda_curve(
+    weight: Tensor,
+    gram: Tensor,
+    input_sq_norm: Tensor,
+    levels: Sequence[float],
+    anchors: Sequence[float],
+    rounding: Rounding = "floor",
+) -> Tensor:
+    """The Wanda-mask error at every sparsity of ``levels``: exact at ``anchors`` (a subset of
+    ``levels`` that includes the largest level), elsewhere the exact diagonal part plus the
+    off-diagonal part interpolated linearly between anchors; float64 (L,). See the module docstring."""
+    grid = _check_levels(levels)
+    marks = _check_levels(anchors)
+    missing = [a for a in marks if not any(abs(a - s) <= 1e-12 for s in grid)]
+    if missing or marks[-1] < grid[-1] - 1e-12:
+        raise BadInputError(f"The anchors {marks} must be levels of the grid and include its largest, {grid[-1]}.")
+    _check_linear(weight, gram, input_sq_norm)
+    found = wanda_levels(weight, input_sq_norm, grid, rounding)
+    diagonal = diagonal_error_curve(weight, gram, found)
+    at = [min(range(len(grid)), key=lambda i: abs(grid[i] - a)) for a in marks]
+    W = weight.detach().to(torch.float32)
+    H = gram.detach().to(device=W.device, dtype=torch.float32)
+    H = (H + H.T) / 2
+    pruned = torch.stack([W * found.mask(i) for i in at])  # (K, out, in)
+    product = (pruned.reshape(-1, W.shape[1]) @ H).reshape(pruned.shape)
+    exact = product.mul_(pruned).sum(dim=2).to(torch.float64).sum(dim=1).cpu()  # row sums in f32, then f64
+    off_x = [0.0] + [grid[i] for i in at]
+    off_y = [0.0] + [float(exact[k] - diagonal[i]) for k, i in enumerate(at)]
+    if grid[at[0]] <= 0.0:  # an anchor at sparsity 0 is the (0, 0) point itself
+        off_x, off_y = off_x[1:], off_y[1:]
+    off = torch.tensor([_interpolate(off_x, off_y, s) for s in grid], dtype=torch.float64)
+    curve = diagonal + off
+    curve[at] = exact
+    return curve
+
+
+def _interpolate(x: Sequence[float], y: Sequence[float], at: float) -> float:
+    """Piecewise-linear interpolation through (x, y), x increasing; constant beyond the ends."""
+    if at <= x[0]:
+        return y[0]
+    for (x0, y0), (x1, y1) in itertools.pairwise(zip(x, y, strict=True)):
+        if at <= x1:
+            return y0 + (y1 - y0) * (at - x0) / (x1 - x0)
+    return y[-1]
 
 
 @torch.no_grad()

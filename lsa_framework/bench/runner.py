@@ -50,6 +50,7 @@ from lsa_framework.storage.guard import (
     write_marker,
 )
 from lsa_framework.storage.lock import output_lock
+from lsa_framework.types import UnitScore
 
 BENCH_KIND = "bench"
 #: What a bench folder may hold besides the marker (written as cells finish).
@@ -95,7 +96,7 @@ class ResultStore:
 
     folder: Path
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    scores: dict[str, dict[str, UnitScore]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, folder: Path) -> ResultStore:
@@ -192,15 +193,27 @@ class CellPlan:
     def key(self) -> str:
         return str(self.record["prune_key"])
 
-    def allocate(self, session: Session, values: dict[str, dict[str, float]]) -> None:
-        """Score → sparsity with the session's allocate stage (cheap: the scores come from the shared pass)."""
+    def allocate(self, session: Session, values: dict[str, dict[str, UnitScore]], output: Path | None = None) -> None:
+        """Score → sparsity with the session's allocate stage (cheap: the scores come from the shared pass),
+        then, for a scorer that declares ``search``, the session's search stage (state under ``output``)."""
         assert session.layout is not None
         units = self.plugins.allocator.units(session.layout)
         self.allocation = session.allocate(
             self.plugins.scorer, self.plugins.allocator, units, values[self.scores_key], self.config
         )
+        searched: float | None = None
+        if self.plugins.scorer.searches:  # a search's state is kept in the bench folder: an interruption resumes
+            started = time.perf_counter()
+            state_file = output / "partial" / self.cell_key / "search.json" if output is not None else None
+            self.allocation = session.search(
+                self.plugins.scorer, self.plugins.allocator, self.plugins.pruner, self.allocation, self.config,
+                state_file,
+            )  # fmt: skip
+            searched = round(time.perf_counter() - started, 2)
         prune_key = _prune_key(self.allocation.linear_sparsity, self.config, self.model_sha256)
         self.record = {**self.header(), "prune_key": prune_key, "note": self.allocation.note}
+        if searched is not None:
+            self.record["search_seconds"] = searched
 
     def header(self) -> dict[str, Any]:
         """What identifies the cell in results.json and the tables."""
@@ -247,7 +260,7 @@ class ModelRun:
     session: Session
     output: Path
     kept: KeptStats | None
-    values: dict[str, dict[str, float]]
+    values: dict[str, dict[str, UnitScore]]
 
 
 def execute_cell(run: ModelRun, plan: CellPlan, obs: Observer) -> dict[str, Any]:
@@ -259,7 +272,7 @@ def execute_cell(run: ModelRun, plan: CellPlan, obs: Observer) -> dict[str, Any]
     checkpoint = None
     if plan.config.resume:  # per-layer checkpoints of the cell, resumed after an interruption
         checkpoint = Checkpoint.open(plan.config, folder=run.output / "partial" / plan.cell_key)
-    masks = session.run_job(plan.plugins, result, checkpoint, run.values[plan.scores_key], run.kept)
+    masks = session.run_job(plan.plugins, result, checkpoint, run.values[plan.scores_key], run.kept, plan.allocation)
     if checkpoint is not None:
         checkpoint.discard()
     return {
@@ -269,6 +282,7 @@ def execute_cell(run: ModelRun, plan: CellPlan, obs: Observer) -> dict[str, Any]
         "mask_sha256": dict(masks.hashes),
         "units": [vars(r) for r in result.units],
         "timings_s": result.timings,
+        "allocation": result.allocation,
         "reused_from": None,
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -279,7 +293,7 @@ def reuse_outcome(plan: CellPlan, previous: dict[str, Any]) -> dict[str, Any]:
     allocation = plan.allocation
     assert allocation is not None
     units = [
-        {"name": u.name, "layer": u.layer, "numel": u.numel, "score": allocation.values[u.name],
+        {"name": u.name, "layer": u.layer, "numel": u.numel, "score": allocation.scores.values[u.name],
          "sparsity": allocation.sparsities[u.name], "realised": None}
         for u in allocation.units
     ]  # fmt: skip
@@ -416,7 +430,7 @@ def _run_grid(
             done_by_key = {r["prune_key"]: r for r in store.records.values() if "prune_key" in r}
             for plan in model_plans:
                 try:
-                    plan.allocate(session, store.scores)
+                    plan.allocate(session, store.scores, output)
                 except Exception as exc:
                     finish(plan, failure(exc), shared)
                     continue

@@ -46,7 +46,7 @@ def scoring_pass(
     device = acts.hidden[0].device
     for index, layer in enumerate(layout.layers):
         with layout.resident(index), onloaded(layer, device):
-            with gather_stats(layout.linears[index], needs, classes) as stats:
+            with gather_stats(layout.linears[index], needs, classes, layer) as stats:
                 outputs = layer_outputs(layer, acts, index)
             on_stats(index, stats)
         acts.hidden = outputs
@@ -86,7 +86,7 @@ def pruning_pass(
             if index >= start and saved_stats is not None:
                 prune_layer(index, saved_stats.pop(index, {}))
             elif index >= start:
-                with gather_stats(layout.linears[index], needs, classes) as stats:
+                with gather_stats(layout.linears[index], needs, classes, layer) as stats:
                     if acts is not None and needs:
                         layer_outputs(layer, acts, index)
                 prune_layer(index, stats)
