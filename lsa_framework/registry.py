@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lsa_framework.scorers.owl",
     "lsa_framework.scorers.dlp",
     "lsa_framework.scorers.rd",
+    "lsa_framework.scorers.evo",
     "lsa_framework.allocators.granularity",
     "lsa_framework.pruners.magnitude",
     "lsa_framework.pruners.wanda",

@@ -117,25 +117,42 @@ def default_step(sizes: Sequence[int], target: float, num_levels: int = 8) -> in
 
 
 def step_database(
-    sizes: Mapping[str, int], target: float, step: int, num_levels: int = 8, max_sparsity: float = MAX_SPARSITY
+    sizes: Mapping[str, int],
+    target: float,
+    step: int,
+    num_levels: int = 8,
+    max_sparsity: float = MAX_SPARSITY,
+    centre: Mapping[str, float] | None = None,
 ) -> tuple[LevelDatabase, list[int]]:
     """EvoPress's database: unit u's level l ∈ [−a_u, b_u] prunes base_u + l·step weights.
 
-    base_u ≈ N_u·target, rounded by largest remainder so that Σ base_u = round(target·ΣN) exactly;
-    a_u, b_u ≤ num_levels, cut where the count would leave [0, max_sparsity·N_u] (as the reference
-    cuts at [0, 1]). Returns the database (budget Σ base_u) and the uniform profile (every l = 0),
-    as level indices.
+    base_u ≈ N_u·target (or N_u·centre_u: a database around another starting allocation, whose
+    size-weighted mean must be the target), rounded by largest remainder so that Σ base_u =
+    round(target·ΣN) exactly; a_u, b_u ≤ num_levels, cut where the count would leave
+    [0, max_sparsity·N_u] (as the reference cuts at [0, 1]). Returns the database (budget Σ base_u)
+    and the centre profile (every l = 0), as level indices.
     """
     names = list(sizes)
     if step < 1 or num_levels < 0:
         raise BadInputError(f"The weight step must be >= 1 and num_levels >= 0, got {step} and {num_levels}.")
     if not 0.0 <= target <= max_sparsity:
         raise BadInputError(f"Target sparsity {target} is outside [0, {max_sparsity}].")
-    exact = {n: sizes[n] * float(target) for n in names}
+    at = {n: float(target) for n in names} if centre is None else {n: float(centre[n]) for n in names}
+    if any(not 0.0 <= v <= max_sparsity for v in at.values()):
+        raise BadInputError(f"The centre of a level database must lie in [0, {max_sparsity}] for every unit.")
+    exact = {n: sizes[n] * at[n] for n in names}
     base = {n: math.floor(exact[n]) for n in names}
     remainder = exact_count(sum(sizes.values()), target) - sum(base.values())
-    for n in sorted(names, key=lambda n: (-(exact[n] - base[n]), names.index(n)))[: max(remainder, 0)]:
-        base[n] += 1
+    if abs(remainder) > len(names):
+        raise BadInputError(f"The centre allocation's mean is not the target sparsity {target}.")
+    if remainder >= 0:
+        for n in sorted(names, key=lambda n: (-(exact[n] - base[n]), names.index(n)))[:remainder]:
+            base[n] += 1
+    else:  # the centre rounds above the budget: take the weights back where the fraction was smallest
+        for n in sorted((n for n in names if base[n] > 0), key=lambda n: (exact[n] - base[n], names.index(n)))[
+            :-remainder
+        ]:
+            base[n] -= 1
     counts, uniform = [], []
     for n in names:
         top = math.floor(max_sparsity * sizes[n])
