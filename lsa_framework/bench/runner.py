@@ -437,6 +437,7 @@ def _run_grid(
             obs.message(f"{plan.cell.id} failed: {outcome['error']}")
         else:
             store.add({**plan.record, **outcome, "shared_seconds": shared})
+            shutil.rmtree(output / "partial" / plan.cell_key, ignore_errors=True)  # e.g. its search state
         tables()
         obs.cell_done(plan.cell, outcome.get("seconds", 0.0))
 
