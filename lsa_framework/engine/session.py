@@ -596,12 +596,14 @@ class Session:
                 values = dict.fromkeys((u.name for u in units), 0.0)
             gather = kept if kept is not None else (self.search_stats if searching else None)
             needs_pass = gather is not None and gather.needs and not gather.by_layer
-            if (values is None or needs_pass) and allocation is None:
+            if values is None and allocation is None:
                 scorer = plugins.scorer if plugins.allocator.uses_scores else _no_scores(plugins.scorer)
-                found = self.score([ScoringJob("run", scorer, units)], gather)["run"]
-                values = values if values is not None else found
+                values = self.score([ScoringJob("run", scorer, units)], gather)["run"]
                 if checkpoint is not None:
                     checkpoint.save_scores(values)
+            elif needs_pass and allocation is None:
+                assert gather is not None
+                self.score([], gather)  # scores known (a resume): only the dense statistics the pruner needs
             elif kept is not None and kept.needs and not kept.by_layer:
                 self.score([], kept)  # the pruner's dense statistics, for an allocation given from outside
         with stage(result, "allocation"):
@@ -613,10 +615,7 @@ class Session:
                 state_file = checkpoint.folder / "search.json" if checkpoint is not None and checkpoint.folder else None
                 allocation = self.search(plugins.scorer, plugins.allocator, plugins.pruner, allocation, config,
                                          state_file)  # fmt: skip
-        result.allocation = {
-            **allocation.summary(plugins.allocator.granularity, plugins.allocator.uses_scores),
-            **{k: v for k, v in result.allocation.items() if k == "pruning"},
-        }
+        result.allocation = allocation.summary(plugins.allocator.granularity, plugins.allocator.uses_scores)
         self.hooks.lsaf_after_scoring(scores=allocation.scores, report=result)
         self.hooks.lsaf_after_allocation(sparsities=allocation.sparsities, report=result)
         result.headlines = {e.name: e.headline for e in plugins.evaluators}
