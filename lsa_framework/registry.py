@@ -37,6 +37,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lsa_framework.scorers.owl",
     "lsa_framework.scorers.dlp",
     "lsa_framework.scorers.usage",
+    "lsa_framework.scorers.rd",
+    "lsa_framework.scorers.evo",
     "lsa_framework.allocators.granularity",
     "lsa_framework.allocators.expert",
     "lsa_framework.pruners.magnitude",

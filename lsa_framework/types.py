@@ -234,6 +234,11 @@ class PluginOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: What a scorer's ``score`` returns for one unit: one number, or several (e.g. an error curve over a
+#: grid of sparsities). Either is stored as JSON with the run's scores (resume, ``lsaf bench``).
+UnitScore = float | list[float]
+
+
 @dataclass(frozen=True)
 class Scores:
     """Unit scores from a scorer, with what the allocator needs to turn them into sparsities.
@@ -241,11 +246,23 @@ class Scores:
     ``higher_is_important``: True when a larger score means the unit should be pruned less (OWL's
     outlier ratio); False when a larger score means it can be pruned more (LSE error, DLP).
     ``spread``: the half-width β of the sparsity band around the target (0 = uniform).
+
+    ``curves`` (optional): each unit's error at every sparsity of ``levels`` (one shared, strictly
+    increasing grid), for allocators that minimise the summed error at the exact parameter budget
+    (rate–distortion; the built-in layer/block/projection allocators do this whenever curves are
+    given, and map ``values`` otherwise). A scorer gives curves when it can measure what pruning a
+    unit costs rather than rank units; ``values`` then still holds one number per unit for reports.
     """
 
     values: Mapping[str, float]
     higher_is_important: bool
     spread: float
+    curves: Mapping[str, Sequence[float]] | None = None
+    levels: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.curves is None) != (self.levels is None):
+            raise ValueError("Scores.curves and Scores.levels come together: give both or neither")
 
 
 @dataclass
@@ -285,12 +302,46 @@ class RecoveryContext:
     on_step: Callable[[int, float], None] | None = None  # (step, loss) after every optimizer step
 
 
+@dataclass
+class SearchContext:
+    """What a scorer with the ``search`` capability receives from the engine (see :class:`Scorer`).
+
+    ``fitness(sparsities, tokens, sample_seed)`` prunes the model at the candidate allocation (unit
+    name → sparsity, from the dense weights and the dense model's statistics, with the run's pruner)
+    and returns the KL divergence of its next-token distribution from the dense model's, averaged
+    over ``tokens`` calibration tokens drawn by ``sample_seed`` (the same seed, the same tokens); lower
+    is better. The model is dense again when the search returns. ``allocate(scores)`` runs the job's
+    allocator on other scores (to build alternative starting points). ``state_file`` is where a
+    resumable search keeps its state (None: the run has no output); with ``resume`` an existing state
+    is continued. ``progress(done, total, text)`` shows progress (``total`` None when unknown).
+    """
+
+    units: Sequence[Unit]
+    sizes: Mapping[str, int]
+    target: float
+    start: Mapping[str, float]  # the allocator's allocation from this scorer's own scores
+    scores: Scores
+    fitness: Callable[[Mapping[str, float], int, int], float]
+    allocate: Callable[[Scores], dict[str, float]]
+    seed: int = 0
+    state_file: Any = None  # a pathlib.Path, or None
+    resume: bool = False
+    progress: Callable[[int, int | None, str], None] = field(default=lambda _d, _t, _s: None, repr=False)
+    #: what the search reports about itself (generations, evaluations, fitness); recorded in run.json
+    record: dict[str, Any] = field(default_factory=dict)
+
+
 # --- the contract of each plugin kind -------------------------------------------------------------------
 
 
 @runtime_checkable
 class Scorer(Protocol):
-    """``--scorer``: one importance score per unit, from the dense model's statistics."""
+    """``--scorer``: one importance score per unit, from the dense model's statistics.
+
+    Capability ``"search"``: ``search(context: SearchContext) -> dict[str, float]`` refines the
+    allocator's allocation by evaluating candidate allocations on the model (EvoPress-style search);
+    the engine calls it after the allocation stage with a :class:`SearchContext`.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type[PluginOptions]]
@@ -299,11 +350,14 @@ class Scorer(Protocol):
 
     def __init__(self, options: Any) -> None: ...
 
-    def score(self, unit: Unit, stats: Mapping[str, LinearStats]) -> float:
-        """Score one unit; ``stats`` maps each of its linears' names to the statistics in ``needs``."""
+    def score(self, unit: Unit, stats: Mapping[str, LinearStats]) -> float | Sequence[float]:
+        """Score one unit; ``stats`` maps each of its linears' names to the statistics in ``needs``.
+
+        One number, or a list of numbers (:data:`UnitScore`) that ``finish`` turns into :class:`Scores`.
+        """
         ...
 
-    def finish(self, values: Mapping[str, float], target: float, granularity: str) -> Scores:
+    def finish(self, values: Mapping[str, Any], target: float, granularity: str) -> Scores:
         """Wrap all unit scores with the scorer's direction and spread for the allocator."""
         ...
 
@@ -339,7 +393,10 @@ class Pruner(Protocol):
     ``prune_group(linears, stats, sparsities, pattern) -> masks``, which the engine then calls once per
     input group (linears sharing one input and one ``stats``) so shared work is done once;
     ``"updates_weights"`` — the kept weights change too (SparseGPT), so masks alone cannot rebuild
-    the pruned model (``lsaf apply`` refuses them).
+    the pruned model (``lsaf apply`` refuses them); ``"prepare"`` — the pruner also defines
+    ``prepare(sparsities) -> dict``, which the engine calls before every pruning pass with the
+    sparsity of every linear to be pruned (by name), e.g. to choose a rounding rule for non-uniform
+    allocations; what it returns is recorded in run.json (``allocation.pruning``).
     """
 
     name: ClassVar[str]
@@ -445,7 +502,13 @@ class Statistic(Protocol):
     """An activation statistic accumulated from a linear's inputs, registered under ``name``.
 
     One instance per input group and pass: ``add`` receives every batch of inputs flattened to
-    (tokens, in_features) float32 (``batch`` sequences of them), ``result`` returns the final tensor.
+    (tokens, in_features) float32 (``batch`` sequences of them, the tokens of each consecutive),
+    ``result`` returns the final tensor.
+
+    Optional class attribute ``site``: ``"linear_input"`` (the default) gathers it on the input of each
+    input group; ``"layer_input"`` on the hidden states entering the decoder layer (the residual
+    stream before the layer's input norm), once per layer; ``in_features`` is then the hidden size
+    and every linear of the layer sees the one result.
     """
 
     name: ClassVar[str]
@@ -459,9 +522,9 @@ class Statistic(Protocol):
 
 #: kind -> (Protocol, the capabilities it may declare, each with the method it requires)
 CONTRACTS: dict[str, tuple[type, dict[str, str | None]]] = {
-    "scorers": (Scorer, {}),
+    "scorers": (Scorer, {"search": "search"}),
     "allocators": (Allocator, {}),
-    "pruners": (Pruner, {"prune_group": "prune_group", "updates_weights": None}),
+    "pruners": (Pruner, {"prune_group": "prune_group", "updates_weights": None, "prepare": "prepare"}),
     "evaluators": (Evaluator, {"check": "check"}),
     "datasets": (Dataset, {"claims_specs": "options_for"}),
     "architectures": (Architecture, {}),

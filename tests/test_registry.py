@@ -18,12 +18,12 @@ def fresh_manager() -> pluggy.PluginManager:
 
 def test_builtins_register_through_hooks():
     expected = {
-        "scorers": {"uniform", "lse", "owl", "dlp"},
+        "scorers": {"uniform", "lse", "owl", "dlp", "rd", "evo"},
         "allocators": {"layer", "block", "projection"},
         "pruners": {"magnitude", "wanda", "sparsegpt"},
         "evaluators": {"perplexity", "sparsity", "zeroshot"},
         "exporters": {"safetensors", "masks"},
-        "statistics": {"gram", "input_sq_norm"},
+        "statistics": {"gram", "input_sq_norm", "residual_energy"},
         "datasets": {"builtin", "file", "wikitext2", "c4"},
     }
     for kind, names in expected.items():

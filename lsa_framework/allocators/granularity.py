@@ -3,7 +3,9 @@
     lsaf run --allocator layer|block|projection
 
 They differ only in how a layout is cut into units; the score → sparsity mapping and the final
-exact-mean step are shared (:mod:`lsa_framework.allocators.mapping`).
+exact-mean step are shared (:mod:`lsa_framework.allocators.mapping`). Scores that carry error curves
+(``Scores.curves``, e.g. from ``--scorer rd``) are allocated by minimising the summed error at the
+exact parameter budget instead (:func:`lsa_framework.allocators.budget.allocate_rd`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from lsa_framework.allocators.budget import allocate_rd
 from lsa_framework.allocators.mapping import finalize, map_scores
 from lsa_framework.hookspecs import hookimpl
 from lsa_framework.types import Layout, PluginOptions, Scores, Unit
@@ -28,6 +31,9 @@ class _GranularityAllocator:
         raise NotImplementedError
 
     def allocate(self, scores: Scores, sizes: Mapping[str, int], target: float) -> dict[str, float]:
+        if scores.curves is not None and scores.levels is not None:
+            curves = {name: scores.curves[name] for name in sizes}
+            return allocate_rd(curves, sizes, scores.levels, target).sparsities
         return finalize(map_scores(scores, sizes, target), sizes, target)
 
 

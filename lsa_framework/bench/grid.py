@@ -12,6 +12,12 @@
 
 Any axis may be a single value. With an N:M pattern the sparsity axis does not apply (N:M fixes
 it), so those cells are collapsed to one per pattern.
+
+Seeds: ``seeds: [0, 1, 2]`` repeats every cell with each calibration seed (``run.seed`` then must not
+be set); the tables show mean ± sample std over the seeds, and ``baseline: uniform`` (a scorer, or a
+list of them) adds, for every other scorer, the paired difference to that scorer at the same
+pruner, allocator and sparsity, seed by seed, flagged when it is within seed noise
+(:mod:`lsa_framework.bench.seeds`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lsa_framework.config import RunConfig, build_config, first_error, load_config_file
 from lsa_framework.errors import BadInputError
@@ -38,6 +44,8 @@ class GridConfig(BaseModel):
     pruners: list[str] = Field(default_factory=lambda: ["wanda"])
     sparsities: list[float] = Field(default_factory=lambda: [0.5])
     patterns: list[str] = Field(default_factory=lambda: ["unstructured"])
+    seeds: list[int] | None = Field(default=None, description="Calibration seeds; every cell runs with each.")
+    baseline: list[str] = Field(default_factory=list, description="Scorers the others are compared with, seed by seed.")
     run: dict[str, Any] = Field(default_factory=dict, description="RunConfig fields shared by every cell.")
     scorer_opts: dict[str, dict[str, Any]] = Field(default_factory=dict)
     allocator_opts: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -47,6 +55,27 @@ class GridConfig(BaseModel):
     @classmethod
     def _scalar_to_list(cls, value: Any) -> Any:
         return value if isinstance(value, list) else [value]
+
+    @field_validator("seeds", "baseline", mode="before")
+    @classmethod
+    def _optional_scalar_to_list(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, list) else [value]
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return value
+
+    @model_validator(mode="after")
+    def _one_seed_setting(self) -> GridConfig:
+        if self.seeds is not None and "seed" in self.run:
+            raise ValueError("give the calibration seed either as the seeds axis or as run.seed, not both")
+        unknown = [b for b in self.baseline if b not in self.scorers]
+        if unknown:
+            raise ValueError(f"baseline {unknown} is not among the grid's scorers {self.scorers}")
+        return self
 
     @field_validator("run")
     @classmethod
@@ -70,10 +99,12 @@ class Cell:
     pruner: str
     sparsity: float
     pattern: str
+    seed: int | None = None  # the calibration seed, when the grid has a seeds axis
 
     @property
     def id(self) -> str:
-        return f"{self.model}|{self.scorer}|{self.allocator}|{self.pruner}|{self.sparsity:g}|{self.pattern}"
+        text = f"{self.model}|{self.scorer}|{self.allocator}|{self.pruner}|{self.sparsity:g}|{self.pattern}"
+        return text if self.seed is None else f"{text}|seed={self.seed}"
 
     @property
     def method(self) -> str:
@@ -85,18 +116,20 @@ def cells(grid: GridConfig) -> list[Cell]:
     """The cross product of the axes, N:M cells collapsed, in a stable order."""
     result: list[Cell] = []
     seen: set[str] = set()
+    seeds: list[int | None] = list(grid.seeds) if grid.seeds is not None else [None]
     for model in grid.models:
-        for pattern_text in grid.patterns:
-            pattern = Pattern.parse(pattern_text)
-            sparsities = [pattern.sparsity] if pattern.sparsity is not None else grid.sparsities
-            for pruner in grid.pruners:
-                for scorer in grid.scorers:
-                    for allocator in grid.allocators:
-                        for sparsity in sparsities:
-                            cell = Cell(model, scorer, allocator, pruner, float(sparsity), str(pattern))
-                            if cell.id not in seen:
-                                seen.add(cell.id)
-                                result.append(cell)
+        for seed in seeds:
+            for pattern_text in grid.patterns:
+                pattern = Pattern.parse(pattern_text)
+                sparsities = [pattern.sparsity] if pattern.sparsity is not None else grid.sparsities
+                for pruner in grid.pruners:
+                    for scorer in grid.scorers:
+                        for allocator in grid.allocators:
+                            for sparsity in sparsities:
+                                cell = Cell(model, scorer, allocator, pruner, float(sparsity), str(pattern), seed)
+                                if cell.id not in seen:
+                                    seen.add(cell.id)
+                                    result.append(cell)
     return result
 
 
@@ -115,6 +148,7 @@ def cell_config(grid: GridConfig, cell: Cell) -> RunConfig:
             "scorer_opts": grid.scorer_opts.get(cell.scorer, {}),
             "allocator_opts": grid.allocator_opts.get(cell.allocator, {}),
             "pruner_opts": grid.pruner_opts.get(cell.pruner, {}),
+            **({"seed": cell.seed} if cell.seed is not None else {}),
         }
     )
 

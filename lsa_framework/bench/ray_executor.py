@@ -45,7 +45,7 @@ class CellWorker:
         self.kept: KeptStats | None = None
 
     def execute(
-        self, cell_id: str, model_sha256: str, values: dict[str, dict[str, float]], kept_needs: list[str] | None
+        self, cell_id: str, model_sha256: str, values: dict[str, dict[str, Any]], kept_needs: list[str] | None
     ) -> dict[str, Any]:
         cell = self.cells[cell_id]
         config = cell_config(self.grid, cell)
@@ -55,7 +55,7 @@ class CellWorker:
             self.session.score([], self.kept)  # the worker's own dense statistics for the basic pipeline
         kept = self.kept
         try:
-            plan.allocate(self.session, values)
+            plan.allocate(self.session, values, self.output)
             return execute_cell(ModelRun(self.session, self.output, kept, values), plan, Observer())
         except Exception as exc:
             return failure(exc)

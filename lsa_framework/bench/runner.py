@@ -50,6 +50,7 @@ from lsa_framework.storage.guard import (
     write_marker,
 )
 from lsa_framework.storage.lock import output_lock
+from lsa_framework.types import UnitScore
 
 BENCH_KIND = "bench"
 #: What a bench folder may hold besides the marker (written as cells finish).
@@ -95,7 +96,7 @@ class ResultStore:
 
     folder: Path
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    scores: dict[str, dict[str, UnitScore]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, folder: Path) -> ResultStore:
@@ -192,15 +193,27 @@ class CellPlan:
     def key(self) -> str:
         return str(self.record["prune_key"])
 
-    def allocate(self, session: Session, values: dict[str, dict[str, float]]) -> None:
-        """Score → sparsity with the session's allocate stage (cheap: the scores come from the shared pass)."""
+    def allocate(self, session: Session, values: dict[str, dict[str, UnitScore]], output: Path | None = None) -> None:
+        """Score → sparsity with the session's allocate stage (cheap: the scores come from the shared pass),
+        then, for a scorer that declares ``search``, the session's search stage (state under ``output``)."""
         assert session.layout is not None
         units = self.plugins.allocator.units(session.layout)
         self.allocation = session.allocate(
             self.plugins.scorer, self.plugins.allocator, units, values[self.scores_key], self.config
         )
+        searched: float | None = None
+        if self.plugins.scorer.searches:  # a search's state is kept in the bench folder: an interruption resumes
+            started = time.perf_counter()
+            state_file = output / "partial" / self.cell_key / "search.json" if output is not None else None
+            self.allocation = session.search(
+                self.plugins.scorer, self.plugins.allocator, self.plugins.pruner, self.allocation, self.config,
+                state_file,
+            )  # fmt: skip
+            searched = round(time.perf_counter() - started, 2)
         prune_key = _prune_key(self.allocation.linear_sparsity, self.config, self.model_sha256)
         self.record = {**self.header(), "prune_key": prune_key, "note": self.allocation.note}
+        if searched is not None:
+            self.record["search_seconds"] = searched
 
     def header(self) -> dict[str, Any]:
         """What identifies the cell in results.json and the tables."""
@@ -215,6 +228,7 @@ class CellPlan:
             "pruner": c.pruner,
             "sparsity": c.sparsity,
             "pattern": c.pattern,
+            "seed": self.config.seed,
             "method": c.method,
         }
 
@@ -231,8 +245,12 @@ def _score_model(session: Session, plans: list[CellPlan], store: ResultStore, ke
             continue
         scorer = scorer_of.setdefault(plan.cell.scorer, plan.plugins.scorer)  # one instance per scorer: shared caches
         jobs[key] = ScoringJob(key, scorer, plan.plugins.allocator.units(session.layout))
+    searching = [p for p in plans if p.plugins.scorer.searches and p.plugins.allocator.uses_scores]
+    if searching and session.search_stats is None:  # a search prunes candidates from the dense statistics
+        session.search_stats = kept or KeptStats(frozenset().union(*(p.plugins.pruner.needs for p in searching)))
+    gather = kept if kept is not None else (session.search_stats if searching and jobs else None)
     if jobs or (kept is not None and kept.needs):
-        store.scores.update(session.score(list(jobs.values()), kept))
+        store.scores.update(session.score(list(jobs.values()), gather))
         store.save_scores()
     for plan in plans:  # allocators that ignore scores get zeros, without any pass
         if not plan.plugins.allocator.uses_scores:
@@ -247,7 +265,7 @@ class ModelRun:
     session: Session
     output: Path
     kept: KeptStats | None
-    values: dict[str, dict[str, float]]
+    values: dict[str, dict[str, UnitScore]]
 
 
 def execute_cell(run: ModelRun, plan: CellPlan, obs: Observer) -> dict[str, Any]:
@@ -259,7 +277,7 @@ def execute_cell(run: ModelRun, plan: CellPlan, obs: Observer) -> dict[str, Any]
     checkpoint = None
     if plan.config.resume:  # per-layer checkpoints of the cell, resumed after an interruption
         checkpoint = Checkpoint.open(plan.config, folder=run.output / "partial" / plan.cell_key)
-    masks = session.run_job(plan.plugins, result, checkpoint, run.values[plan.scores_key], run.kept)
+    masks = session.run_job(plan.plugins, result, checkpoint, run.values[plan.scores_key], run.kept, plan.allocation)
     if checkpoint is not None:
         checkpoint.discard()
     return {
@@ -269,6 +287,7 @@ def execute_cell(run: ModelRun, plan: CellPlan, obs: Observer) -> dict[str, Any]
         "mask_sha256": dict(masks.hashes),
         "units": [vars(r) for r in result.units],
         "timings_s": result.timings,
+        "allocation": result.allocation,
         "reused_from": None,
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -279,7 +298,7 @@ def reuse_outcome(plan: CellPlan, previous: dict[str, Any]) -> dict[str, Any]:
     allocation = plan.allocation
     assert allocation is not None
     units = [
-        {"name": u.name, "layer": u.layer, "numel": u.numel, "score": allocation.values[u.name],
+        {"name": u.name, "layer": u.layer, "numel": u.numel, "score": allocation.scores.values[u.name],
          "sparsity": allocation.sparsities[u.name], "realised": None}
         for u in allocation.units
     ]  # fmt: skip
@@ -351,6 +370,38 @@ def _staging(config: RunConfig, output: Path) -> Iterator[Path | None]:
         shutil.rmtree(folder, ignore_errors=True)  # lsaf's own temporary (tagged name, this pid)
 
 
+def _run_cells(
+    session: Session,
+    plans: list[CellPlan],
+    store: ResultStore,
+    kept: KeptStats | None,
+    output: Path,
+    executor: Executor,
+    obs: BenchObserver,
+    finish: Callable[[CellPlan, dict[str, Any], dict[str, float]], None],
+    shared: dict[str, float],
+) -> None:
+    """Allocate every plan (one calibration), reuse finished twins, execute the rest."""
+    run = ModelRun(session, output, kept, store.scores)
+    waiting: dict[str, list[CellPlan]] = {}
+    done_by_key = {r["prune_key"]: r for r in store.records.values() if "prune_key" in r}
+    for plan in plans:
+        try:
+            plan.allocate(session, store.scores, output)
+        except Exception as exc:
+            finish(plan, failure(exc), shared)
+            continue
+        if plan.key in done_by_key:
+            finish(plan, reuse_outcome(plan, done_by_key[plan.key]), shared)
+        else:
+            waiting.setdefault(plan.key, []).append(plan)
+    for plan, outcome in executor(run, [group[0] for group in waiting.values()], obs):
+        finish(plan, outcome, shared)
+        for twin in waiting[plan.key][1:]:
+            twin_outcome = outcome if "error" in outcome else reuse_outcome(twin, {**plan.record, **outcome})
+            finish(twin, twin_outcome, shared)
+
+
 def _run_grid(
     grid: GridConfig,
     all_cells: list[Cell],
@@ -365,7 +416,7 @@ def _run_grid(
     store = ResultStore.open(output)
     digests = {model: spec_digest(model) for model in grid.models}
     plans = [CellPlan(c, configs[c.id], plugins[c.id], digests[c.model]) for c in all_cells]
-    current = {plan.cell_key for plan in plans}
+    current = dict.fromkeys(plan.cell_key for plan in plans)  # in grid order: the tables follow it
     stale = [key for key in store.records if key not in current]
     if stale:
         obs.message(
@@ -377,7 +428,8 @@ def _run_grid(
     failed: dict[str, dict[str, Any]] = {}
 
     def tables() -> None:
-        write_tables([store.records[k] for k in current if k in store.records], list(failed.values()), output)
+        records = [store.records[k] for k in current if k in store.records]
+        write_tables(records, list(failed.values()), output, grid.baseline)
 
     def finish(plan: CellPlan, outcome: dict[str, Any], shared: dict[str, float]) -> None:
         if "error" in outcome:
@@ -385,6 +437,7 @@ def _run_grid(
             obs.message(f"{plan.cell.id} failed: {outcome['error']}")
         else:
             store.add({**plan.record, **outcome, "shared_seconds": shared})
+            shutil.rmtree(output / "partial" / plan.cell_key, ignore_errors=True)  # e.g. its search state
         tables()
         obs.cell_done(plan.cell, outcome.get("seconds", 0.0))
 
@@ -392,43 +445,32 @@ def _run_grid(
         model_plans = [p for p in todo if p.cell.model == model]
         if not model_plans:
             continue
-        first = model_plans[0]
-        with _staging(first.config, output) as staging:
-            try:
-                session = Session(first.config, first.plugins.dataset, obs, staging)
-                started = time.perf_counter()
-                session.load()
-                session.calibrate()
-                session.keep_dense()
-                shared = {"load_and_calibrate": round(time.perf_counter() - started, 2)}
-                kept = None
-                if first.config.pipeline == "basic":
-                    kept = KeptStats(frozenset().union(*(p.plugins.pruner.needs for p in model_plans)))
-                started = time.perf_counter()
-                _score_model(session, model_plans, store, kept)
-                shared["scoring"] = round(time.perf_counter() - started, 2)
-            except Exception as exc:  # the model's shared work failed: every one of its cells did
-                for plan in model_plans:
-                    finish(plan, failure(exc), {})
-                continue
-            run = ModelRun(session, output, kept, store.scores)
-            waiting: dict[str, list[CellPlan]] = {}
-            done_by_key = {r["prune_key"]: r for r in store.records.values() if "prune_key" in r}
-            for plan in model_plans:
+        with _staging(model_plans[0].config, output) as staging:
+            session: Session | None = None
+            for seed in dict.fromkeys(p.cell.seed for p in model_plans):  # one calibration per seed, one load
+                seed_plans = [p for p in model_plans if p.cell.seed == seed]
+                first = seed_plans[0]
                 try:
-                    plan.allocate(session, store.scores)
-                except Exception as exc:
-                    finish(plan, failure(exc), shared)
+                    started = time.perf_counter()
+                    if session is None:
+                        session = Session(first.config, first.plugins.dataset, obs, staging)
+                        session.load()
+                    else:
+                        session.recalibrate(first.config)
+                    session.calibrate()
+                    session.keep_dense()
+                    shared = {"load_and_calibrate": round(time.perf_counter() - started, 2)}
+                    kept = None
+                    if first.config.pipeline == "basic":
+                        kept = KeptStats(frozenset().union(*(p.plugins.pruner.needs for p in seed_plans)))
+                    started = time.perf_counter()
+                    _score_model(session, seed_plans, store, kept)
+                    shared["scoring"] = round(time.perf_counter() - started, 2)
+                except Exception as exc:  # the shared work failed: every one of these cells did
+                    for plan in seed_plans:
+                        finish(plan, failure(exc), {})
                     continue
-                if plan.key in done_by_key:
-                    finish(plan, reuse_outcome(plan, done_by_key[plan.key]), shared)
-                else:
-                    waiting.setdefault(plan.key, []).append(plan)
-            for plan, outcome in executor(run, [group[0] for group in waiting.values()], obs):
-                finish(plan, outcome, shared)
-                for twin in waiting[plan.key][1:]:
-                    twin_outcome = outcome if "error" in outcome else reuse_outcome(twin, {**plan.record, **outcome})
-                    finish(twin, twin_outcome, shared)
+                _run_cells(session, seed_plans, store, kept, output, executor, obs, finish, shared)
     tables()
     if failed:
         first_failure = next(iter(failed.values()))

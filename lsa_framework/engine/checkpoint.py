@@ -27,7 +27,7 @@ from lsa_framework.engine.masks import MaskSet
 from lsa_framework.errors import BadInputError
 from lsa_framework.model import tensorfile
 from lsa_framework.storage.atomic import DiskFullError, disk_full, is_disk_full, make_folder, write_json
-from lsa_framework.types import Layout
+from lsa_framework.types import Layout, UnitScore
 
 #: RunConfig fields that do not change what is computed, so a resume may differ in them.
 NOT_FINGERPRINTED = frozenset({"output", "overwrite", "resume", "threads", "device", "offload", "eval", "eval_opts"})
@@ -151,7 +151,7 @@ class Checkpoint:
         return int(self.state["layers_done"])
 
     @property
-    def scores(self) -> dict[str, float] | None:
+    def scores(self) -> dict[str, UnitScore] | None:
         return self.state.get("scores")
 
     def _layer_file(self, index: int) -> Path:
@@ -173,7 +173,7 @@ class Checkpoint:
         except DiskFullError as exc:
             raise disk_full(self.folder / "state.json", exc, resumable=True) from exc
 
-    def save_scores(self, scores: dict[str, float]) -> None:
+    def save_scores(self, scores: dict[str, UnitScore]) -> None:
         self.state["scores"] = scores
         self._save_state()
 

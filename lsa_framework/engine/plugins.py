@@ -18,7 +18,18 @@ import torch
 from lsa_framework import registry
 from lsa_framework.config import RunConfig, plugin_options
 from lsa_framework.errors import BadInputError, LsafError, PluginError
-from lsa_framework.types import EvalContext, ExportContext, Layout, LinearInfo, LinearStats, Pattern, Scores, Unit
+from lsa_framework.types import (
+    EvalContext,
+    ExportContext,
+    Layout,
+    LinearInfo,
+    LinearStats,
+    Pattern,
+    Scores,
+    SearchContext,
+    Unit,
+    UnitScore,
+)
 
 
 @dataclass
@@ -56,14 +67,33 @@ class ScorerHandle(Handle):
     def needs(self) -> frozenset[str]:
         return frozenset(self.instance.needs)
 
-    def score(self, unit: Unit, stats: Mapping[str, LinearStats]) -> float:
+    def score(self, unit: Unit, stats: Mapping[str, LinearStats]) -> UnitScore:
+        """One number per unit, or a list of numbers (e.g. an error curve) for scorers that return one."""
         with self.guard("score"):
-            return float(self.instance.score(unit, stats))
+            value = self.instance.score(unit, stats)
+            if isinstance(value, torch.Tensor):
+                value = value.tolist() if value.dim() > 0 else float(value)
+            if isinstance(value, (list, tuple)):
+                return [float(v) for v in value]
+            return float(value)
 
-    def finish(self, values: Mapping[str, float], target: float, granularity: str) -> Scores:
+    def finish(self, values: Mapping[str, UnitScore], target: float, granularity: str) -> Scores:
         with self.guard("finish"):
             scores: Scores = self.instance.finish(values, target, granularity)
             return scores
+
+    @property
+    def searches(self) -> bool:
+        """Whether the scorer declares ``search``: it refines its allocation on the model itself."""
+        return "search" in self.capabilities
+
+    def search(self, context: SearchContext) -> dict[str, float]:
+        with self.guard("search"):
+            found = dict(self.instance.search(context))
+        missing = {u.name for u in context.units} - set(found)
+        if missing:
+            raise self._broken(f"returned no sparsity for {len(missing)} units from search(); fix the scorer")
+        return {name: float(value) for name, value in found.items()}
 
 
 class AllocatorHandle(Handle):
@@ -104,6 +134,14 @@ class PrunerHandle(Handle):
     @property
     def updates_weights(self) -> bool:
         return "updates_weights" in self.capabilities
+
+    def prepare(self, sparsities: Mapping[str, float]) -> dict[str, Any]:
+        """Tell a pruner that declares ``prepare`` the whole allocation (linear name → sparsity) before a
+        pruning pass; what it returns is recorded in run.json (empty for the others)."""
+        if "prepare" not in self.capabilities:
+            return {}
+        with self.guard("prepare"):
+            return dict(self.instance.prepare(dict(sparsities)) or {})
 
     def prune_layer(
         self,

@@ -15,6 +15,9 @@ Each stage is a method here; it fires its lifecycle hook and is timed and memory
 * ``score`` — one dense pass gathers, per input group, the union of the statistics every job's scorer
   needs (and, for ``--pipeline basic``, the pruner's), and each scorer scores its allocator's units;
 * ``allocate`` — the allocator maps scores to one sparsity per unit (exact parameter-weighted mean);
+* ``search`` — only for a scorer that declares ``search`` (``evo``): it refines that allocation by
+  evaluating candidates on the model (:mod:`lsa_framework.engine.search`), from the dense statistics
+  the scoring pass kept;
 * ``prune`` — layer by layer, on the inputs of the already-pruned layers (sequential) or from the kept
   dense statistics (basic), the pruner prunes each linear at its unit's sparsity; masks are kept packed;
 * ``evaluate`` — every evaluator on the model as it is (and once on the dense model, for "dense → pruned");
@@ -34,7 +37,7 @@ from typing import Any
 import torch
 
 from lsa_framework import registry
-from lsa_framework.allocators.mapping import MAX_SPARSITY
+from lsa_framework.allocators.mapping import MAX_SPARSITY, finalize
 from lsa_framework.config import RunConfig
 from lsa_framework.data.windows import fit_seqlen, model_context, sample_windows
 from lsa_framework.engine.checkpoint import Checkpoint
@@ -56,7 +59,16 @@ from lsa_framework.engine.statistics import statistic_classes
 from lsa_framework.errors import BadInputError
 from lsa_framework.model.loading import LoadedModel, load_model
 from lsa_framework.result import RunResult, UnitRecord
-from lsa_framework.types import EvalContext, Layout, LinearStats, RecoveryContext, Scores, Unit
+from lsa_framework.types import (
+    EvalContext,
+    Layout,
+    LinearStats,
+    RecoveryContext,
+    Scores,
+    SearchContext,
+    Unit,
+    UnitScore,
+)
 
 
 def _units_by_layer(units: Sequence[Unit]) -> dict[int, list[Unit]]:
@@ -98,10 +110,11 @@ class Allocation:
     """A job's units with their scores and sparsities."""
 
     units: list[Unit]
-    values: dict[str, float]
+    values: dict[str, UnitScore]
     scores: Scores
     sparsities: dict[str, float]
     note: str | None = None
+    search: dict[str, Any] | None = None  # what a searching scorer recorded about its search
 
     @property
     def linear_sparsity(self) -> dict[str, float]:
@@ -117,6 +130,8 @@ class Allocation:
         }
         if self.note:
             summary["note"] = self.note
+        if self.search is not None:
+            summary["search"] = self.search
         return summary
 
 
@@ -135,6 +150,8 @@ class Session:
         self.model_sha256 = ""
         self.source = ""
         self._dense: dict[str, torch.Tensor] | None = None
+        #: the dense model's statistics kept for a searching scorer (``search``); filled by ``score``
+        self.search_stats: KeptStats | None = None
         self.recovered: Any = None  # what the recovery stage returned (its exporter-side extras)
         self._dense_metrics: dict[str, dict[str, float]] = {}
         self.routing = RoutingLog()  # how the router spread the calibration tokens (MoE models)
@@ -196,6 +213,14 @@ class Session:
             bos = self.layout.bos_token_id if self.layout is not None else None
             self.input_ids = sample_windows(self.tokenizer, documents, c.nsamples, self.seqlen(), c.seed, bos)
 
+    def recalibrate(self, config: RunConfig) -> None:
+        """Use ``config`` (e.g. another ``seed``) for the next calibration: the windows, and everything
+        gathered from them, are drawn anew; the loaded model stays (its dense weights restored)."""
+        self.config = config
+        self.input_ids = None
+        self.search_stats = None
+        self.restore_dense()
+
     def activations(self) -> Activations:
         """The windows at the first layer's input, with how the model calls each layer (a dry pass)."""
         assert self.layout is not None and self.input_ids is not None
@@ -209,13 +234,13 @@ class Session:
 
     # --- score -----------------------------------------------------------------------------------------
 
-    def score(self, jobs: Sequence[ScoringJob], kept: KeptStats | None = None) -> dict[str, dict[str, float]]:
+    def score(self, jobs: Sequence[ScoringJob], kept: KeptStats | None = None) -> dict[str, dict[str, UnitScore]]:
         """Unit scores of every job. Jobs whose scorer needs statistics share ONE dense pass that gathers
         the union of their needs; the others are scored without touching the data. With ``kept``, the
         same pass also gathers and keeps the pruner's statistics."""
         layout = self.layout
         assert layout is not None
-        values: dict[str, dict[str, float]] = {job.key: {} for job in jobs}
+        values: dict[str, dict[str, UnitScore]] = {job.key: {} for job in jobs}
         data_jobs = [job for job in jobs if job.scorer.needs]
         for job in jobs:
             if job not in data_jobs:
@@ -248,7 +273,7 @@ class Session:
         scorer: ScorerHandle,
         allocator: AllocatorHandle,
         units: list[Unit],
-        values: dict[str, float],
+        values: dict[str, UnitScore],
         config: RunConfig | None = None,
     ) -> Allocation:
         """Per-unit sparsities from the scores, for the job ``config`` (the N:M pattern, when given, fixes them)."""
@@ -258,6 +283,9 @@ class Session:
             scores = scorer.finish(values, target, allocator.granularity)
         else:
             scores = Scores(dict.fromkeys(values, 0.0), higher_is_important=True, spread=0.0)
+        missing = [u.name for u in units if u.name not in scores.values]
+        if missing:
+            raise scorer._broken(f"gave no score for {len(missing)} units (e.g. {missing[0]}) in finish()")
         sparsities = allocator.allocate(scores, units, target)
         pattern = config.parsed_pattern
         if pattern.is_nm:
@@ -265,6 +293,83 @@ class Session:
             note = f"{pattern} fixes every unit at {target:g}; allocation not applied"
             return Allocation(units, values, scores, dict.fromkeys(sparsities, target), note)
         return Allocation(units, values, scores, sparsities)
+
+    # --- search ----------------------------------------------------------------------------------------
+
+    def search(
+        self,
+        scorer: ScorerHandle,
+        allocator: AllocatorHandle,
+        pruner: PrunerHandle,
+        allocation: Allocation,
+        config: RunConfig | None = None,
+        state_file: Path | None = None,
+    ) -> Allocation:
+        """Let a scorer that declares ``search`` refine ``allocation`` on the model; see
+        :class:`~lsa_framework.types.SearchContext`. Other scorers, and N:M runs (the pattern fixes every
+        sparsity), get ``allocation`` back unchanged. The model is dense again afterwards."""
+        from lsa_framework.engine.search import CandidateModel, KLFitness, ProgressReporter
+
+        config = config or self.config
+        if not scorer.searches or not allocator.uses_scores or config.parsed_pattern.is_nm:
+            return allocation
+        layout, loaded = self.layout, self.loaded
+        assert layout is not None and loaded is not None and self.input_ids is not None
+        if loaded.disk is not None:
+            raise BadInputError(
+                f"The {scorer.name} scorer prunes and runs the model hundreds of times, which --offload disk "
+                "would read from disk each time; run it without --offload."
+            )
+        stats = self.dense_statistics(pruner.needs)
+        self.keep_dense()
+        assert self._dense is not None
+        target = config.target_sparsity
+        units = allocation.units
+        sizes = {u.name: u.numel for u in units}
+        candidates = CandidateModel(layout, units, pruner, stats.by_layer, self._dense, config.parsed_pattern)
+        documents = self.dataset.documents("calibration")
+        fitness = KLFitness(
+            self.model, candidates, self.tokenizer, documents, int(self.input_ids.shape[1]), layout.bos_token_id,
+            self.device,
+        )  # fmt: skip
+        progress = ProgressReporter(self.observer, "search")
+        context = SearchContext(
+            units=units,
+            sizes=sizes,
+            target=target,
+            start=dict(allocation.sparsities),
+            scores=allocation.scores,
+            fitness=fitness,
+            allocate=lambda other: allocator.allocate(other, units, target),
+            seed=config.seed,
+            state_file=state_file,
+            resume=state_file is not None,
+            progress=progress,
+        )
+        loaded.place(self.device)
+        try:
+            found = scorer.search(context)
+        finally:
+            progress.close()
+            candidates.dense_model()
+            loaded.place(torch.device("cpu"))
+        record = {
+            **context.record,
+            "fitness_evaluations": fitness.evaluations,
+            "fitness_tokens": fitness.tokens,
+            "units_pruned": candidates.prunes,
+        }
+        return Allocation(units, allocation.values, allocation.scores, finalize(found, sizes, target), search=record)
+
+    def dense_statistics(self, needs: frozenset[str]) -> KeptStats:
+        """The dense model's statistics ``needs`` (kept from the scoring pass, or gathered now in a pass)."""
+        kept = self.search_stats
+        if kept is None or not needs <= kept.needs or (needs and not kept.by_layer):
+            kept = KeptStats(frozenset(needs))
+            if needs:
+                self.score([], kept)
+            self.search_stats = kept
+        return kept
 
     # --- prune -----------------------------------------------------------------------------------------
 
@@ -305,6 +410,9 @@ class Session:
         assert layout is not None
         linear_sparsity = allocation.linear_sparsity
         pattern = (config or self.config).parsed_pattern
+        prepared = pruner.prepare(linear_sparsity)
+        if report is not None and prepared:
+            report.allocation["pruning"] = prepared
         masks = MaskSet()
         start = checkpoint.layers_done if checkpoint is not None else 0
 
@@ -357,7 +465,7 @@ class Session:
             with layout.resident(layer):
                 for u in layer_units:
                     zeros = sum(int((info.weight == 0).sum()) for info in u.linears)
-                    score, sparsity = allocation.values[u.name], allocation.sparsities[u.name]
+                    score, sparsity = allocation.scores.values[u.name], allocation.sparsities[u.name]
                     records.append(UnitRecord(u.name, u.layer, u.numel, score, sparsity, zeros / u.numel))
         order = {u.name: i for i, u in enumerate(allocation.units)}
         return sorted(records, key=lambda r: order[r.name])
@@ -479,10 +587,12 @@ class Session:
         plugins: Plugins,
         result: RunResult,
         checkpoint: Checkpoint | None = None,
-        values: dict[str, float] | None = None,
+        values: dict[str, UnitScore] | None = None,
         kept: KeptStats | None = None,
+        allocation: Allocation | None = None,
     ) -> MaskSet:
-        """Score (unless ``values`` are given), allocate, prune and evaluate one job, into ``result``."""
+        """Score (unless ``values`` are given), allocate (unless ``allocation`` is given), search (for a
+        scorer that declares it), prune and evaluate one job, into ``result``."""
         config = result.config
         self.hooks.lsaf_before_run(config=config)
         self.load(result)
@@ -494,20 +604,36 @@ class Session:
         self.describe(result)
         if config.pipeline == "basic" and kept is None:
             kept = KeptStats(plugins.pruner.needs)  # the basic pipeline: one forward in all
+        searching = plugins.scorer.searches and plugins.allocator.uses_scores and allocation is None
+        if searching and self.search_stats is None:
+            # a search prunes candidates from the dense statistics: gather them in the scoring pass
+            self.search_stats = kept if kept is not None else KeptStats(plugins.pruner.needs)
         with stage(result, "scoring"):
             values = values if values is not None else (checkpoint.scores if checkpoint is not None else None)
             if not plugins.allocator.uses_scores:
                 values = dict.fromkeys((u.name for u in units), 0.0)
-            needs_pass = kept is not None and kept.needs and not kept.by_layer
-            if values is None or needs_pass:
+            gather = kept if kept is not None else (self.search_stats if searching else None)
+            needs_pass = gather is not None and gather.needs and not gather.by_layer
+            if values is None and allocation is None:
                 scorer = plugins.scorer if plugins.allocator.uses_scores else _no_scores(plugins.scorer)
-                found = self.score([ScoringJob("run", scorer, units)], kept)["run"]
-                values = values if values is not None else found
+                values = self.score([ScoringJob("run", scorer, units)], gather)["run"]
                 if checkpoint is not None:
                     checkpoint.save_scores(values)
+            elif needs_pass and allocation is None:
+                assert gather is not None
+                self.score([], gather)  # scores known (a resume): only the dense statistics the pruner needs
+            elif kept is not None and kept.needs and not kept.by_layer:
+                self.score([], kept)  # the pruner's dense statistics, for an allocation given from outside
         with stage(result, "allocation"):
-            allocation = self.allocate(plugins.scorer, plugins.allocator, units, values, config)
-            result.allocation = allocation.summary(plugins.allocator.granularity, plugins.allocator.uses_scores)
+            if allocation is None:
+                assert values is not None
+                allocation = self.allocate(plugins.scorer, plugins.allocator, units, values, config)
+        if searching:
+            with stage(result, "search"):
+                state_file = checkpoint.folder / "search.json" if checkpoint is not None and checkpoint.folder else None
+                allocation = self.search(plugins.scorer, plugins.allocator, plugins.pruner, allocation, config,
+                                         state_file)  # fmt: skip
+        result.allocation = allocation.summary(plugins.allocator.granularity, plugins.allocator.uses_scores)
         self.hooks.lsaf_after_scoring(scores=allocation.scores, report=result)
         self.hooks.lsaf_after_allocation(sparsities=allocation.sparsities, report=result)
         result.headlines = {e.name: e.headline for e in plugins.evaluators}

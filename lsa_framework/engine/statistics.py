@@ -13,6 +13,12 @@ The two built-in statistics are the references' own:
 
 A routed expert's statistics are these same sums over the tokens the router sent to it, unscaled by the
 routing weights, still divided by the number of sequences (see :mod:`lsa_framework.engine.expert_stats`).
+
+A statistic whose class sets ``site = "layer_input"`` is gathered on the hidden states entering the
+decoder layer instead (the residual stream before the layer's input norm, which a linear never sees:
+the norm divides it out), once per layer, and every linear of the layer gets the result. The built-in
+one is ``residual_energy``: the mean over tokens of ‖h_t‖², the first position of every sequence
+excluded (the ``rd`` scorer's normalisation).
 """
 
 from __future__ import annotations
@@ -58,10 +64,39 @@ class Gram:
         return self.total * (2.0 / max(nsamples, 1))
 
 
+class ResidualEnergy:
+    """mean_t ‖h_t‖² of the hidden states entering a decoder layer, the first position of every
+    sequence excluded (its attention-sink activations are orders of magnitude larger and would
+    dominate the mean). A (1,) float64 tensor."""
+
+    name: ClassVar[str] = "residual_energy"
+    site: ClassVar[str] = "layer_input"
+
+    def __init__(self, in_features: int, device: Any) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+
+    def add(self, x: torch.Tensor, batch: int) -> None:
+        per_sequence = x.shape[0] // max(batch, 1)
+        if per_sequence > 1 and per_sequence * batch == x.shape[0]:
+            x = x.reshape(batch, per_sequence, -1)[:, 1:].reshape(-1, x.shape[-1])
+        self.total += x.double().pow(2).sum()
+        self.count += x.shape[0]
+
+    def result(self, nsamples: int, ntokens: int) -> torch.Tensor:
+        return (self.total / max(self.count, 1)).reshape(1)
+
+
 @hookimpl
 def lsaf_register_statistics(register: Any) -> None:
     register(InputSqNorm)
     register(Gram)
+    register(ResidualEnergy)
+
+
+def site_of(cls: type) -> str:
+    """Where a statistic is gathered: ``"linear_input"`` (the default) or ``"layer_input"``."""
+    return str(getattr(cls, "site", "linear_input"))
 
 
 def registered_statistics() -> dict[str, type]:
@@ -69,6 +104,22 @@ def registered_statistics() -> dict[str, type]:
     from lsa_framework import registry
 
     return {name: entry.cls for name, entry in registry.collect("statistics").items()}
+
+
+class _LayerInput:
+    """The accumulators of a layer's layer-input statistics, created on the first batch (hidden size)."""
+
+    def __init__(self, classes: Mapping[str, type]) -> None:
+        self.classes = classes
+        self.group: _Group | None = None
+
+    def __call__(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if not isinstance(hidden, torch.Tensor):
+            return
+        if self.group is None:
+            self.group = _Group(hidden.shape[-1], self.classes, hidden.device)
+        self.group.add(hidden.detach())
 
 
 class _Group:
@@ -122,9 +173,10 @@ def gather_stats(
     """Hook ``linears`` while the caller runs forwards; on exit, fill the yielded dict.
 
     The dict maps each linear's name to its group's statistics. With no ``needs`` no hook is set.
-    ``classes`` (name → statistic class) saves a registry lookup per layer. Routed experts are hooked
-    once per experts module (:mod:`lsa_framework.engine.expert_stats`); ``layer``, their decoder layer,
-    tells them how many sequences each forward carries (without it, each forward counts as one).
+    ``classes`` (name → statistic class) saves a registry lookup per layer. ``layer`` is the decoder
+    layer the linears belong to: statistics of the ``layer_input`` site are gathered on its input, and
+    routed experts (hooked once per experts module, :mod:`lsa_framework.engine.expert_stats`) learn from
+    it how many sequences each forward carries (without it, each forward counts as one).
     """
     wanted = frozenset(needs)
     chosen = dict(classes) if classes is not None else statistic_classes(wanted)
@@ -132,6 +184,11 @@ def gather_stats(
     missing = wanted - set(chosen)
     if missing:
         raise ValueError(f"unknown statistics requested: {sorted(missing)}")
+    at_layer = {name: cls for name, cls in chosen.items() if site_of(cls) == "layer_input"}
+    chosen = {name: cls for name, cls in chosen.items() if name not in at_layer}
+    layer_input = _LayerInput(at_layer) if at_layer else None
+    if layer_input is not None and layer is None:
+        raise ValueError(f"statistics {sorted(at_layer)} are gathered at a layer's input; pass the layer")
     result: dict[str, LinearStats] = {}
     groups: dict[str, list[LinearInfo]] = {}
     for info in linears:
@@ -151,12 +208,22 @@ def gather_stats(
 
             handles.append(first.module.register_forward_pre_hook(hook))
         handles.extend(hook_experts(groups, accumulators, layer))
+    if layer_input is not None and layer is not None:
+        handles.append(layer.register_forward_pre_hook(layer_input, with_kwargs=True))
     try:
         yield result
     finally:
         for handle in handles:
             handle.remove()
+    layer_stats = layer_input.group.result() if layer_input is not None and layer_input.group else None
     for group, members in groups.items():
-        stats = accumulators[group].result() if group in accumulators else LinearStats(0, 0)
+        if group in accumulators:
+            stats = accumulators[group].result()
+        elif layer_stats is not None:
+            stats = LinearStats(layer_stats.nsamples, layer_stats.ntokens)
+        else:
+            stats = LinearStats(0, 0)
+        if layer_stats is not None:
+            stats.values.update(layer_stats.values)
         for info in members:
             result[info.name] = stats

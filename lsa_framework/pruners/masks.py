@@ -19,6 +19,10 @@ Where we differ from the reference code, on purpose:
   the SparseGPT block mask here prune exactly k = int(numel·s) entries, chosen as by a stable
   ascending sort so ties are broken by position (the lowest index among equal values is pruned
   first), deterministically.
+- Exact realised sparsity (optional). Wanda's int(in·s) per row falls short of s by up to one
+  weight per row (a 70% run realises 0.6993 on 576-wide rows); ``rounding="exact"`` of
+  :func:`row_mask` / :func:`wanda_mask` prunes round(out·in·s) per matrix instead. The default stays
+  ``"floor"``, the reference's rule, so existing masks do not change.
 - SparseGPT's returned mask also marks the weights of dead input columns (diag H = 0), which are
   zeroed as in the reference; the mask is thus exactly the set of weights the pruner zeroed.
 - SparseGPT N:M requires ``blocksize`` to be a multiple of M (the reference silently misaligns the
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -48,6 +53,8 @@ from lsa_framework.errors import BadInputError
 from lsa_framework.types import Pattern
 
 __all__ = [
+    "Rounding",
+    "exact_count",
     "magnitude_mask",
     "matrix_mask",
     "nm_mask",
@@ -68,6 +75,17 @@ def _check_matrix(metric: Tensor) -> None:
 def _check_sparsity(sparsity: float) -> None:
     if not (math.isfinite(float(sparsity)) and 0.0 <= float(sparsity) <= 1.0):
         raise BadInputError(f"Sparsity {sparsity!r} is not a fraction between 0 and 1; pass e.g. 0.5.")
+
+
+#: How a row-wise mask turns a sparsity into counts: ``"floor"`` prunes int(in·s) of every row (Wanda's
+#: rule; the realised sparsity falls short by up to one weight per row), ``"exact"`` prunes
+#: :func:`exact_count` (out·in, s) in total.
+Rounding = Literal["floor", "exact"]
+
+
+def exact_count(numel: int, sparsity: float) -> int:
+    """round(numel·sparsity), halves rounded up: the pruned-weight count an allocation asks for."""
+    return math.floor(numel * float(sparsity) + 0.5)
 
 
 def _check_nm(in_features: int, n: int, m: int) -> None:
@@ -166,12 +184,33 @@ def nm_mask(metric: Tensor, n: int, m: int) -> Tensor:
     return _nm_select(groups, n).reshape(rows, cols)
 
 
-def row_mask(metric: Tensor, sparsity: float) -> Tensor:
-    """Per output row, the int(in_features·sparsity) smallest entries (stable order), as in Wanda."""
+def row_mask(metric: Tensor, sparsity: float, rounding: Rounding = "floor") -> Tensor:
+    """Per output row, the smallest entries (stable order), as in Wanda.
+
+    ``rounding="floor"`` (Wanda's rule, the default): int(in_features·sparsity) of every row.
+    ``rounding="exact"``: round(out·in·sparsity) in total (:func:`exact_count`), k = total // out of
+    every row and one more in r = total mod out rows: the r rows whose next entry (the (k+1)-th of
+    the row's stable order) has the smallest metric, ties to the lower row index. That is where a
+    per-matrix threshold would put the remainder; the choice is deterministic, and the count of
+    every row never decreases as the sparsity grows, so the masks of increasing sparsities are nested.
+    """
     _check_matrix(metric)
     _check_sparsity(sparsity)
-    k = int(metric.shape[1] * sparsity)
-    return _smallest_k(metric.detach().to(torch.float32), k)
+    rows, cols = metric.shape
+    values = metric.detach().to(torch.float32)
+    if rounding == "floor":
+        return _smallest_k(values, int(cols * sparsity))
+    if rounding != "exact":
+        raise BadInputError(f"rounding must be 'floor' or 'exact', got {rounding!r}.")
+    k, r = divmod(exact_count(rows * cols, sparsity), max(rows, 1))
+    mask = _smallest_k(values, k)
+    if r == 0:
+        return mask
+    following = _smallest_k(values, k + 1) & ~mask  # exactly one entry per row
+    column = following.to(torch.uint8).argmax(dim=1, keepdim=True)
+    chosen = torch.sort(values.gather(1, column).squeeze(1), stable=True).indices[:r]
+    mask[chosen] |= following[chosen]
+    return mask
 
 
 def matrix_mask(metric: Tensor, sparsity: float) -> Tensor:
@@ -194,8 +233,13 @@ def magnitude_mask(weight: Tensor, sparsity: float, pattern: Pattern) -> Tensor:
     return matrix_mask(metric, sparsity)
 
 
-def wanda_mask(weight: Tensor, input_sq_norm: Tensor, sparsity: float, pattern: Pattern) -> Tensor:
-    """Wanda: S = |W| · sqrt(input_sq_norm)[None, :], per row (unstructured) or per group of M (N:M)."""
+def wanda_mask(
+    weight: Tensor, input_sq_norm: Tensor, sparsity: float, pattern: Pattern, rounding: Rounding = "floor"
+) -> Tensor:
+    """Wanda: S = |W| · sqrt(input_sq_norm)[None, :], per row (unstructured) or per group of M (N:M).
+
+    ``rounding`` is that of :func:`row_mask` (unstructured only; N:M fixes the count).
+    """
     _check_matrix(weight)
     if input_sq_norm.shape != (weight.shape[1],):
         raise BadInputError(
@@ -206,7 +250,7 @@ def wanda_mask(weight: Tensor, input_sq_norm: Tensor, sparsity: float, pattern: 
     metric = weight.detach().to(torch.float32).abs() * torch.sqrt(norm)[None, :]
     if pattern.is_nm:
         return nm_mask(metric, pattern.n, pattern.m)
-    return row_mask(metric, sparsity)
+    return row_mask(metric, sparsity, rounding)
 
 
 # --- SparseGPT ---------------------------------------------------------------------------------
