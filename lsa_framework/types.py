@@ -249,7 +249,7 @@ class Scores:
 
     ``curves`` (optional): each unit's error at every sparsity of ``levels`` (one shared, strictly
     increasing grid), for allocators that minimise the summed error at the exact parameter budget
-    (rate–distortion; the built-in layer/block/projection allocators do this whenever curves are
+    (rate–distortion; the built-in layer/block/projection/expert allocators do this whenever curves are
     given, and map ``values`` otherwise). A scorer gives curves when it can measure what pruning a
     unit costs rather than rank units; ``values`` then still holds one number per unit for reports.
     """

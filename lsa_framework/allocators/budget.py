@@ -38,8 +38,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lsa_framework.allocators.mapping import MAX_SPARSITY, finalize
+from lsa_framework.allocators.mapping import MAX_SPARSITY, finalize, map_scores
 from lsa_framework.errors import BadInputError
+from lsa_framework.types import Scores
 
 __all__ = ["RDAllocation", "allocate_rd", "lower_convex_hull"]
 
@@ -171,3 +172,13 @@ def allocate_rd(
         error=error,
         multiplier=multiplier,
     )
+
+
+def allocate_scores(scores: Scores, sizes: Mapping[str, int], target: float) -> dict[str, float]:
+    """What every built-in allocator does with a scorer's output, so that no granularity ignores curves:
+    error curves (``--scorer rd``, ``evo``) get the rate-distortion allocation, plain scores the shared
+    score → sparsity mapping and its exact parameter-weighted final step."""
+    if scores.curves is not None and scores.levels is not None:
+        curves = {name: scores.curves[name] for name in sizes}
+        return allocate_rd(curves, sizes, scores.levels, target).sparsities
+    return finalize(map_scores(scores, sizes, target), sizes, target)

@@ -12,8 +12,9 @@ Units, per decoder layer i:
 
 Scorers score each unit from its own statistics; an expert's come from the tokens routed to it
 (:mod:`lsa_framework.engine.expert_stats`), so a rarely used expert scores from little data. The score →
-sparsity mapping and the exact parameter-weighted final step are the shared ones
-(:mod:`lsa_framework.allocators.mapping`): the mean over all units, expert parameters counted, is the target.
+sparsity mapping, the rate-distortion allocation of error curves (``--scorer rd``) and the exact
+parameter-weighted final step are the shared ones (:func:`lsa_framework.allocators.budget.allocate_scores`):
+the mean over all units, expert parameters counted, is the target.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from lsa_framework.allocators.mapping import finalize, map_scores
+from lsa_framework.allocators.budget import allocate_scores
 from lsa_framework.hookspecs import hookimpl
 from lsa_framework.types import Layout, LinearInfo, PluginOptions, Scores, Unit
 
@@ -53,7 +54,7 @@ class ExpertAllocator:
         return units
 
     def allocate(self, scores: Scores, sizes: Mapping[str, int], target: float) -> dict[str, float]:
-        return finalize(map_scores(scores, sizes, target), sizes, target)
+        return allocate_scores(scores, sizes, target)
 
 
 @hookimpl

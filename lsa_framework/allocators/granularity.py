@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from lsa_framework.allocators.budget import allocate_rd
-from lsa_framework.allocators.mapping import finalize, map_scores
+from lsa_framework.allocators.budget import allocate_scores
 from lsa_framework.hookspecs import hookimpl
 from lsa_framework.types import Layout, PluginOptions, Scores, Unit
 
@@ -31,10 +30,7 @@ class _GranularityAllocator:
         raise NotImplementedError
 
     def allocate(self, scores: Scores, sizes: Mapping[str, int], target: float) -> dict[str, float]:
-        if scores.curves is not None and scores.levels is not None:
-            curves = {name: scores.curves[name] for name in sizes}
-            return allocate_rd(curves, sizes, scores.levels, target).sparsities
-        return finalize(map_scores(scores, sizes, target), sizes, target)
+        return allocate_scores(scores, sizes, target)
 
 
 class LayerAllocator(_GranularityAllocator):

@@ -40,7 +40,7 @@ from lsa_framework import registry
 from lsa_framework.allocators.mapping import MAX_SPARSITY, finalize
 from lsa_framework.config import RunConfig
 from lsa_framework.data.windows import fit_seqlen, model_context, sample_windows
-from lsa_framework.engine.checkpoint import Checkpoint
+from lsa_framework.engine.checkpoint import PARTIAL_MARKER, Checkpoint
 from lsa_framework.engine.expert_stats import RoutingLog, prune_by_magnitude, unrouted
 from lsa_framework.engine.layer_calls import Activations, capture_activations
 from lsa_framework.engine.masks import MaskSet
@@ -59,6 +59,7 @@ from lsa_framework.engine.statistics import statistic_classes
 from lsa_framework.errors import BadInputError
 from lsa_framework.model.loading import LoadedModel, load_model
 from lsa_framework.result import RunResult, UnitRecord
+from lsa_framework.storage.atomic import make_folder
 from lsa_framework.types import (
     EvalContext,
     Layout,
@@ -320,6 +321,9 @@ class Session:
                 f"The {scorer.name} scorer prunes and runs the model hundreds of times, which --offload disk "
                 "would read from disk each time; run it without --offload."
             )
+        if state_file is not None:  # marked as lsaf's own, so that a resume or a cleanup may remove it
+            make_folder(state_file.parent)
+            (state_file.parent / PARTIAL_MARKER).touch()
         stats = self.dense_statistics(pruner.needs)
         self.keep_dense()
         assert self._dense is not None

@@ -9,7 +9,8 @@ calibration tokens, divided by the number of sequences).
 How many weights a row loses (``rounding``, see :func:`~lsa_framework.pruners.masks.row_mask`):
 ``floor`` is the reference's int(in_features·s) of every row, which falls short of s by up to one
 weight per row (a 70% run realises 0.6993); ``exact`` prunes round(out·in·s) per matrix, spreading
-the remainder over rows, so every unit gets exactly the allocated count. ``auto`` (the default) uses
+the remainder over rows, so every linear gets its allocated count to the nearest weight (a unit of
+several linears is then within one weight per linear of round(numel·s)). ``auto`` (the default) uses
 ``floor`` when every linear gets the same sparsity (a uniform allocation: the reference's masks, bit
 for bit) and ``exact`` when the allocation differs between units (where a per-unit allocation should
 be met exactly). The engine tells the pruner the whole allocation through the declared ``prepare``

@@ -25,10 +25,14 @@ inside the database whatever its spread).
 Defaults, scaled down for a CPU: the paper's unstructured-sparsity search uses 64 offspring,
 survivors 8 → 2 → 1 on 2048 → 16384 → 65536 tokens and 400 generations, i.e. ~10⁵ forwards of 2048
 tokens; on one CPU thread the default model runs ~100–150 tokens/s, so here 8 offspring, survivors
-2 → 1 on 128 → 512 tokens, 8 generations (~25 k tokens, a few minutes). Windows are the run's
-``seqlen`` long, or the stage's token count if that is shorter. Raise ``generations`` (or give
-``seconds``, a wall-time budget) where more time is available; ``--resume`` continues a search
-(the state is saved after every generation beside the output), also with a larger budget.
+2 → 1 on 128 → 512 tokens, 8 generations. A stage's windows are always the run's ``seqlen`` long,
+ceil(tokens / seqlen) of them, so a stage never reads fewer than ``seqlen`` tokens: with
+``--seqlen 512`` both default stages use one window (a generation is then ~11 pruned and 2 dense
+forwards of 512 tokens); lower ``seqlen`` or raise ``tokens`` for selection to narrow in steps.
+Raise ``generations`` (or give ``seconds``, a wall-time budget) where more time is available.
+``--resume`` continues an interrupted search (the state is saved after every generation beside the
+output) with the same options; the options are part of the run's identity, so a larger budget is a
+new run.
 
 Determinism: the mutation and the calibration windows of every selection stage are functions of
 (seed, generation, stage) only, so a search is identical whether or not it was interrupted, and the

@@ -81,3 +81,33 @@ def test_registered_as_a_built_in_allocator():
     entry = registry.lookup("allocators", "expert")
     assert entry.cls is ExpertAllocator and entry.distribution == registry.BUILTIN_DISTRIBUTION
     assert ExpertAllocator.granularity == "expert"
+
+
+def test_error_curves_get_the_rate_distortion_allocation():
+    """With curves (``--scorer rd``), experts whose error grows slowly get more sparsity, and the
+    total error is no larger than any exact-budget allocation on a coarse grid of alternatives."""
+    layout = discover_layout(tiny_model("mixtral", num_layers=2))
+    allocator = ExpertAllocator()
+    units = allocator.units(layout)
+    sizes = {u.name: u.numel for u in units}
+    levels = [0.0, 0.2, 0.4, 0.6, 0.8]
+    steepness = {u.name: 1.0 + k for k, u in enumerate(units)}  # later units: steeper error
+    curves = {n: [steepness[n] * s**2 for s in levels] for n in sizes}
+    got = allocator.allocate(Scores({n: 0.0 for n in sizes}, True, 0.0, curves, levels), sizes, 0.5)
+    total = sum(sizes.values())
+    assert sum(got[n] * sizes[n] for n in sizes) / total == pytest.approx(0.5, abs=1e-6)
+    experts = [u.name for u in units if ".experts." in u.name]
+    assert got[experts[0]] > got[experts[-1]] + 0.1  # the flattest expert is pruned most
+
+    def error(sparsities):  # each curve read piecewise-linearly, as the budget solver reads it
+        return sum(_interp(curves[n], levels, sparsities[n]) for n in sizes)
+
+    uniform = dict.fromkeys(sizes, 0.5)
+    assert error(got) <= error(uniform) + 1e-9
+
+
+def _interp(curve, levels, s):
+    for (x0, y0), (x1, y1) in itertools.pairwise(zip(levels, curve, strict=True)):
+        if x0 <= s <= x1:
+            return y0 + (y1 - y0) * (s - x0) / (x1 - x0)
+    raise AssertionError(s)

@@ -9,6 +9,7 @@ compute each expert's Wanda / SparseGPT / magnitude mask from the tokens routed 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,9 @@ def expert_zeros(model: Any) -> dict[tuple[int, int, str], torch.Tensor]:
 def test_wanda_masks_per_expert_equal_plain_torch_from_routed_tokens(
     moe_dirs, tiny_text_file, tmp_path, family, pipeline
 ):
-    config = values(moe_dirs[family], tiny_text_file, pipeline=pipeline, output=tmp_path / "out")
+    # the reference's per-row rule (Wanda's floor); the exact rounding of non-uniform runs is tested elsewhere
+    floor = {"rounding": "floor"}
+    config = values(moe_dirs[family], tiny_text_file, pipeline=pipeline, output=tmp_path / "out", pruner_opts=floor)
     result = run(build_config(config))
     pruned = load(tmp_path / "out" / "model")
     expected = reference_masks(
@@ -173,9 +176,9 @@ def test_realised_sparsity_is_exact_per_expert_and_overall_and_the_model_reloads
             if param.dim() < 2 or name.endswith(("gate.weight", "shared_expert_gate.weight")):
                 continue  # norms, routers and the shared expert's gate are not pruned
             if "experts." in name and param.dim() == 3:
-                for e in range(param.shape[0]):  # Wanda prunes int(in * s) of every row
+                for e in range(param.shape[0]):  # a non-uniform allocation: Wanda hits round(numel * s) exactly
                     s = sparsity[f"layer.{index}.experts.{e}"]
-                    assert int((param[e] == 0).sum()) == param.shape[1] * int(param.shape[2] * s), (name, e)
+                    assert int((param[e] == 0).sum()) == math.floor(param[e].numel() * s + 0.5), (name, e)
                     pruned_total += s * param[e].numel()
             else:
                 block = "attention" if "self_attn" in name else "shared_expert" if "shared" in name else "mlp"
@@ -333,3 +336,21 @@ def test_cli_expert_allocator_masks_rebuild_the_pruned_moe(moe_dirs, tiny_text_f
     again = load_file(str(rebuilt / "model" / "model.safetensors"))
     assert again.keys() == pruned.keys() and any(".experts.2.up_proj" in k for k in again)
     assert all(torch.equal(again[k], pruned[k]) for k in pruned)
+
+
+def test_rd_curves_allocate_across_experts(moe_dirs, tiny_text_file, tmp_path):
+    """``--scorer rd --allocator expert``: the experts' error curves (from their routed tokens) give them
+    different sparsities, the parameter-weighted mean is the target, and the counts in the model match."""
+    result = run(build_config(values(moe_dirs["mixtral"], tiny_text_file, scorer="rd", output=tmp_path / "out")))
+    sparsity = unit_sparsity(result)
+    experts = [s for n, s in sparsity.items() if ".experts." in n]
+    assert max(experts) - min(experts) > 0.01
+    sizes = {u.name: u.numel for u in result.units}
+    assert sum(sparsity[n] * sizes[n] for n in sizes) / sum(sizes.values()) == pytest.approx(0.6, abs=1e-4)
+    pruned = load(tmp_path / "out" / "model")
+    experts_param = pruned.model.layers[0].mlp.experts.gate_up_proj
+    down = pruned.model.layers[0].mlp.experts.down_proj
+    for e in range(experts_param.shape[0]):
+        zeros = int((experts_param[e] == 0).sum()) + int((down[e] == 0).sum())
+        numel = experts_param[e].numel() + down[e].numel()
+        assert zeros / numel == pytest.approx(sparsity[f"layer.0.experts.{e}"], abs=2 / numel)

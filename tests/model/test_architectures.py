@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
 from lsa_framework.config import build_config
@@ -104,7 +104,9 @@ def test_sequential_wanda_equals_the_models_own_forward(family, family_dirs, tin
     run(config)
     documents = resolve_dataset(config).documents("calibration")
     tokenizer = AutoTokenizer.from_pretrained(family_dirs[family])  # the family's own class, as the run uses
-    ids = sample_windows(tokenizer, documents, config.nsamples, config.seqlen, config.seed)
+    # Gemma is trained with <bos> at the start of every sequence, so its windows start with it
+    bos = AutoConfig.from_pretrained(family_dirs[family]).bos_token_id if family.startswith("gemma") else None
+    ids = sample_windows(tokenizer, documents, config.nsamples, config.seqlen, config.seed, bos)
     layers_path = EXPECTED[family].layers
     expected = reference_sequential_wanda(family_dirs[family], ids, layers_path, 0.5, config.batch_size)
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
