@@ -613,21 +613,7 @@ class Session:
             # a search prunes candidates from the dense statistics: gather them in the scoring pass
             self.search_stats = kept if kept is not None else KeptStats(plugins.pruner.needs)
         with stage(result, "scoring"):
-            values = values if values is not None else (checkpoint.scores if checkpoint is not None else None)
-            if not plugins.allocator.uses_scores:
-                values = dict.fromkeys((u.name for u in units), 0.0)
-            gather = kept if kept is not None else (self.search_stats if searching else None)
-            needs_pass = gather is not None and gather.needs and not gather.by_layer
-            if values is None and allocation is None:
-                scorer = plugins.scorer if plugins.allocator.uses_scores else _no_scores(plugins.scorer)
-                values = self.score([ScoringJob("run", scorer, units)], gather)["run"]
-                if checkpoint is not None:
-                    checkpoint.save_scores(values)
-            elif needs_pass and allocation is None:
-                assert gather is not None
-                self.score([], gather)  # scores known (a resume): only the dense statistics the pruner needs
-            elif kept is not None and kept.needs and not kept.by_layer:
-                self.score([], kept)  # the pruner's dense statistics, for an allocation given from outside
+            values = self._job_scores(plugins, units, checkpoint, values, kept, searching, allocation is not None)
         with stage(result, "allocation"):
             if allocation is None:
                 assert values is not None
@@ -654,14 +640,49 @@ class Session:
         with stage(result, "evaluation"):
             result.metrics = self.evaluate(plugins.evaluators, config)
         if plugins.recoverer is not None:
-            folder = checkpoint.folder / "recovery" if checkpoint is not None and checkpoint.folder else None
-            with stage(result, "recovery"):
-                self.recovered = self.recover(plugins.recoverer, result, folder, config.resume)
-            with stage(result, "evaluation after recovery"):
-                result.extra["recovery"]["metrics_before"] = result.metrics
-                result.metrics = self.evaluate(plugins.evaluators, config)
+            self._recover_job(plugins, result, checkpoint)
         self.hooks.lsaf_after_run(result=result)
         return masks
+
+    def _job_scores(
+        self,
+        plugins: Plugins,
+        units: list[Unit],
+        checkpoint: Checkpoint | None,
+        values: dict[str, UnitScore] | None,
+        kept: KeptStats | None,
+        searching: bool,
+        allocated: bool,
+    ) -> dict[str, UnitScore] | None:
+        """run_job's scoring stage: the unit scores (given, resumed or computed), with the dense statistics
+        that the basic pipeline or a search needs gathered in the same pass, so that no job runs two."""
+        values = values if values is not None else (checkpoint.scores if checkpoint is not None else None)
+        if not plugins.allocator.uses_scores:
+            values = dict.fromkeys((u.name for u in units), 0.0)
+        gather = kept if kept is not None else (self.search_stats if searching else None)
+        needs_pass = gather is not None and gather.needs and not gather.by_layer
+        if values is None and not allocated:
+            scorer = plugins.scorer if plugins.allocator.uses_scores else _no_scores(plugins.scorer)
+            values = self.score([ScoringJob("run", scorer, units)], gather)["run"]
+            if checkpoint is not None:
+                checkpoint.save_scores(values)
+        elif needs_pass and not allocated:
+            assert gather is not None
+            self.score([], gather)  # scores known (a resume): only the dense statistics the pruner needs
+        elif kept is not None and kept.needs and not kept.by_layer:
+            self.score([], kept)  # the pruner's dense statistics, for an allocation given from outside
+        return values
+
+    def _recover_job(self, plugins: Plugins, result: RunResult, checkpoint: Checkpoint | None) -> None:
+        """run_job's recovery stage, then the evaluation again (the metrics before it are kept beside)."""
+        assert plugins.recoverer is not None
+        config = result.config
+        folder = checkpoint.folder / "recovery" if checkpoint is not None and checkpoint.folder else None
+        with stage(result, "recovery"):
+            self.recovered = self.recover(plugins.recoverer, result, folder, config.resume)
+        with stage(result, "evaluation after recovery"):
+            result.extra["recovery"]["metrics_before"] = result.metrics
+            result.metrics = self.evaluate(plugins.evaluators, config)
 
 
 def _no_scores(scorer: ScorerHandle) -> ScorerHandle:
