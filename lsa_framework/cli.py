@@ -103,7 +103,8 @@ class _RichObserver(Observer):
         self.progress.advance(self.task)
 
     def end_pass(self) -> None:
-        self.progress.stop()
+        self.progress.stop()  # the finished bar stays printed; removed, so that the next pass does not print it again
+        self.progress.remove_task(self.task)
         self.task = None
 
     def message(self, text: str) -> None:
