@@ -25,7 +25,6 @@ import hashlib
 import json
 import random
 import re
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,8 +255,17 @@ def offline_task_dir(documents: list[str], n_examples: int = 500, seed: int = 0,
     make_folder(root)
 
     def replace(existing: Path) -> None:
-        if not _complete(existing):  # lsaf's own folder, left incomplete by an interrupted writer
-            shutil.rmtree(existing, ignore_errors=True)
+        """An incomplete task folder may be replaced only if everything in it is what lsaf writes there."""
+        ours = {"manifest.json", "hf_datasets", *(f"{n}.{ext}" for n in OFFLINE_TASKS for ext in ("yaml", "jsonl"))}
+        if not existing.is_dir() or existing.is_symlink():
+            raise BadInputError(f"{existing} is not a folder lsaf wrote; move it away to make the offline tasks.")
+        foreign = sorted(e.name for e in existing.iterdir() if e.name not in ours)
+        if foreign:
+            raise BadInputError(
+                f"{existing} holds files lsaf did not write ({', '.join(foreign[:3])}); move it away so the offline "
+                "tasks can be generated there."
+            )
+        # lsaf's own, left incomplete by an interrupted writer: staged_folder moves it aside and removes it
 
     with staged_folder(folder, lambda _tmp: None, replace) as temporary:
         counts: dict[str, int] = {}

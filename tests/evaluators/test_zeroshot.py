@@ -197,3 +197,16 @@ def test_unknown_task_is_a_one_sentence_error(tmp_path: Path) -> None:
     assert message.count(". ") == 0 and message.endswith(".")
     with pytest.raises(BadInputError, match="not a folder"):
         ZeroShotEvaluator(ZeroShotOptions(tasks=["x"], include_path=[tmp_path / "missing"]))
+
+
+def test_an_incomplete_task_folder_is_replaced_only_when_lsaf_wrote_everything_in_it(tmp_path: Path) -> None:
+    documents = sentence_documents()
+    folder = offline_task_dir(documents, n_examples=40, seed=0, root=tmp_path)
+    (folder / "manifest.json").unlink()  # an interrupted writer: lsaf's own files, incomplete
+    assert offline_task_dir(documents, n_examples=40, seed=0, root=tmp_path) == folder
+    assert (folder / "manifest.json").is_file()
+    (folder / "manifest.json").unlink()
+    (folder / "my-notes.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="lsaf did not write"):
+        offline_task_dir(documents, n_examples=40, seed=0, root=tmp_path)
+    assert (folder / "my-notes.txt").read_text() == "mine"
