@@ -19,14 +19,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lsa_framework.config import build_config
 from lsa_framework.engine.pipeline import run
-from tests.architectures import EXPECTED, FAMILIES, MOE_FAMILIES, tiny_model
-from tests.conftest import make_text, make_tokenizer
+from tests.architectures import EXPECTED, FAMILIES, MOE_FAMILIES, save_tiny_model
+from tests.conftest import make_text
 
 CONFIGURATIONS = {
     "LSA (lse, layer, wanda) 0.6": {"sparsity": 0.6},
@@ -39,17 +39,6 @@ MOE_CONFIGURATIONS = {
     "SparseGPT 2:4": {"scorer": "uniform", "pruner": "sparsegpt", "pattern": "2:4"},
 }
 ROUTERS = ("gate", "router", "shared_expert_gate")
-
-
-def save_family(family: str, folder: Path) -> None:
-    """A tiny model with a tokenizer whose every id has an embedding row (as a real checkpoint has)."""
-    model = tiny_model(family, num_layers=2)
-    model.save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
-        model.save_pretrained(folder)
 
 
 def counted_sparsity(folder: Path, layers_path: str) -> float:
@@ -74,7 +63,7 @@ def main() -> None:
         text.write_text("\n\n".join(make_text(20, 400, seed=1)) + "\n")
         for family in FAMILIES:
             folder = Path(tmp) / family
-            save_family(family, folder)
+            save_tiny_model(family, folder)
             configurations = MOE_CONFIGURATIONS if family in MOE_FAMILIES else CONFIGURATIONS
             for label, options in configurations.items():
                 out = Path(tmp) / f"{family}-{len(rows)}"

@@ -341,6 +341,25 @@ def tiny_model(family: str, num_layers: int = 3, seed: int = 0, attn_implementat
     return model.eval()
 
 
+def save_tiny_model(family: str, folder: Any, num_layers: int = 2) -> None:
+    """``tiny_model`` saved with the tests' tokenizer, every token id with an embedding row.
+
+    transformers loads a family's own tokenizer class, which may add special tokens (Qwen's
+    <|endoftext|>): they get rows, as a real checkpoint has.
+    """
+    from transformers import AutoTokenizer
+
+    from tests.conftest import make_tokenizer
+
+    model = tiny_model(family, num_layers=num_layers)
+    model.save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+        model.save_pretrained(folder)
+
+
 def _perturb_vectors(model: torch.nn.Module) -> None:
     """Give every norm weight and bias (the 1-D parameters) random values.
 

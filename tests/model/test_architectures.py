@@ -22,8 +22,7 @@ from lsa_framework.config import build_config
 from lsa_framework.data.windows import sample_windows
 from lsa_framework.engine.pipeline import run
 from lsa_framework.engine.plugins import resolve_dataset
-from tests.architectures import EXPECTED, FAMILIES, MOE_FAMILIES, tiny_model
-from tests.conftest import make_tokenizer
+from tests.architectures import EXPECTED, FAMILIES, MOE_FAMILIES, save_tiny_model
 
 DENSE = [f for f in FAMILIES if f not in MOE_FAMILIES]
 ROUTERS = ("gate", "router", "shared_expert_gate")
@@ -34,15 +33,7 @@ def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folders = {}
     for family in DENSE:
         folder = tmp_path_factory.mktemp(family)
-        model = tiny_model(family, num_layers=2)
-        model.save_pretrained(folder)
-        make_tokenizer().save_pretrained(folder)
-        # transformers loads a family's own tokenizer class, which may add special tokens (Qwen's
-        # <|endoftext|>): give them rows, as a real checkpoint has.
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(len(tokenizer))
-            model.save_pretrained(folder)
+        save_tiny_model(family, folder)
         folders[family] = folder
     return folders
 
