@@ -508,7 +508,11 @@ class Statistic(Protocol):
     Optional class attribute ``site``: ``"linear_input"`` (the default) gathers it on the input of each
     input group; ``"layer_input"`` on the hidden states entering the decoder layer (the residual
     stream before the layer's input norm), once per layer; ``in_features`` is then the hidden size
-    and every linear of the layer sees the one result.
+    and every linear of the layer sees the one result. ``"output_norm"``: once per linear, where a
+    normalisation module reads that linear's output tensor; ``add`` then receives (tokens,
+    2·out_features), the output and the norm's output side by side, and never runs for a linear whose
+    output no norm reads (``result`` must then give the no-norm value); such a linear gets the result of
+    its block's one linear whose output a norm reads, if there is one.
     """
 
     name: ClassVar[str]

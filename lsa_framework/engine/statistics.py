@@ -19,11 +19,18 @@ decoder layer instead (the residual stream before the layer's input norm, which 
 the norm divides it out), once per layer, and every linear of the layer gets the result. The built-in
 one is ``residual_energy``: the mean over tokens of ‖h_t‖², the first position of every sequence
 excluded (the ``rd`` scorer's normalisation).
+
+A statistic whose class sets ``site = "output_norm"`` is gathered where a normalisation module reads a
+linear's output (the very tensor: Gemma's post-attention and post-feedforward norms read what o_proj
+and down_proj return), once per linear; the other linears of that block (q/k/v, gate/up) get the same
+result, since the block's output passes through that norm. The built-in one is ``output_gain``: Σ‖norm(y_t)‖²/Σ‖y_t‖²,
+by which that norm scales the energy of the output, and with it an error of the output, before it reaches
+the residual stream (1 where no norm reads the output, as in Llama: o_proj and down_proj add straight in).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -31,6 +38,7 @@ import torch
 
 from lsa_framework.engine.expert_stats import hook_experts
 from lsa_framework.hookspecs import hookimpl
+from lsa_framework.model.norms import is_norm
 from lsa_framework.types import LinearInfo, LinearStats
 
 
@@ -87,15 +95,49 @@ class ResidualEnergy:
         return (self.total / max(self.count, 1)).reshape(1)
 
 
+class OutputGain:
+    """Σ_t ‖norm(y_t)‖² / Σ_t ‖y_t‖²: how much the normalisation module reading a linear's output y scales
+    the energy of y (a sandwich norm divides y by its RMS and multiplies by its weight), the first position
+    of every sequence excluded as in ``residual_energy``. A (1,) float64 tensor; 1 where no norm reads y
+    (nor the output of y's block).
+
+    A ratio of sums, not the mean of per-token ratios: it keeps the error relative to y's energy as the
+    same fraction of the energy the norm writes. Per-token ratios are dominated by the few tokens where y
+    is nearly zero (on Gemma 3's down_proj up to 570× larger), exactly where the linearisation fails: the
+    norm's output has a bounded size whatever the error. ``add`` receives (tokens, 2·out_features): y and
+    the norm's output side by side."""
+
+    name: ClassVar[str] = "output_gain"
+    site: ClassVar[str] = "output_norm"
+
+    def __init__(self, in_features: int, device: Any) -> None:
+        self.output = torch.zeros((), dtype=torch.float64, device=device)
+        self.normed = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, x: torch.Tensor, batch: int) -> None:
+        per_sequence = x.shape[0] // max(batch, 1)
+        if per_sequence > 1 and per_sequence * batch == x.shape[0]:
+            x = x.reshape(batch, per_sequence, -1)[:, 1:].reshape(-1, x.shape[-1])
+        y, normed = x.double().chunk(2, dim=-1)
+        self.output += y.pow(2).sum()
+        self.normed += normed.pow(2).sum()
+
+    def result(self, nsamples: int, ntokens: int) -> torch.Tensor:
+        if float(self.output) <= 0.0:
+            return torch.ones(1, dtype=torch.float64)
+        return (self.normed / self.output).reshape(1)
+
+
 @hookimpl
 def lsaf_register_statistics(register: Any) -> None:
     register(InputSqNorm)
     register(Gram)
     register(ResidualEnergy)
+    register(OutputGain)
 
 
 def site_of(cls: type) -> str:
-    """Where a statistic is gathered: ``"linear_input"`` (the default) or ``"layer_input"``."""
+    """Where a statistic is gathered: ``"linear_input"`` (the default), ``"layer_input"`` or ``"output_norm"``."""
     return str(getattr(cls, "site", "linear_input"))
 
 
@@ -120,6 +162,58 @@ class _LayerInput:
         if self.group is None:
             self.group = _Group(hidden.shape[-1], self.classes, hidden.device)
         self.group.add(hidden.detach())
+
+
+class _OutputNorms:
+    """The accumulators of each linear's output-norm statistics: a forward hook on every linear keeps its
+    latest output, and one on every normalisation module of the layer feeds a linear's accumulators when
+    the norm's input is that very tensor (identity, not equality: a view or a copy is another tensor)."""
+
+    def __init__(self, linears: Sequence[LinearInfo], classes: Mapping[str, type], layer: torch.nn.Module) -> None:
+        # a routed expert's output is never read by a norm as it is (it is weighted and summed first): its
+        # accumulators see nothing and give their no-norm result
+        self.groups = {info.name: _Group(info.weight.shape[0], classes, info.weight.device) for info in linears}
+        self.linears = [info for info in linears if info.expert is None]
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.norms = [module for module in layer.modules() if is_norm(module)]
+        self.layer = layer
+
+    def hooks(self) -> list[Any]:
+        handles = [info.module.register_forward_hook(self._keep(info.name)) for info in self.linears]
+        handles += [norm.register_forward_hook(self._feed) for norm in self.norms]
+        handles.append(self.layer.register_forward_hook(lambda *_: self.outputs.clear()))
+        return handles
+
+    def _keep(self, name: str) -> Callable[..., None]:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                self.outputs[name] = output
+
+        return hook
+
+    def _feed(self, _module: Any, args: tuple[Any, ...], output: Any) -> None:
+        if not args or not isinstance(output, torch.Tensor):
+            return
+        for name, tensor in self.outputs.items():
+            if args[0] is tensor and output.shape == tensor.shape:
+                batch = tensor.shape[0] if tensor.dim() == 3 else 1
+                paired = torch.cat([tensor.detach().float(), output.detach().float()], dim=-1)
+                self.groups[name].add_tokens(paired.reshape(-1, paired.shape[-1]), batch)
+
+    def results(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Each linear's results; a linear whose own output no norm reads takes those of its block's one
+        writer (the only linear of its block whose output a norm reads), since the block's output, its
+        error included, passes through that norm: Gemma's q/k/v share o_proj's, gate/up down_proj's."""
+        results = {name: group.result().values for name, group in self.groups.items()}
+        writers: dict[tuple[Any, ...], list[str]] = {}
+        for info in self.linears:
+            if self.groups[info.name].ntokens > 0:
+                writers.setdefault((info.layer, info.block), []).append(info.name)
+        for info in self.linears:
+            block_writers = writers.get((info.layer, info.block), [])
+            if self.groups[info.name].ntokens == 0 and len(block_writers) == 1:
+                results[info.name] = results[block_writers[0]]
+        return results
 
 
 class _Group:
@@ -185,10 +279,15 @@ def gather_stats(
     if missing:
         raise ValueError(f"unknown statistics requested: {sorted(missing)}")
     at_layer = {name: cls for name, cls in chosen.items() if site_of(cls) == "layer_input"}
-    chosen = {name: cls for name, cls in chosen.items() if name not in at_layer}
+    at_output = {name: cls for name, cls in chosen.items() if site_of(cls) == "output_norm"}
+    chosen = {name: cls for name, cls in chosen.items() if name not in at_layer and name not in at_output}
     layer_input = _LayerInput(at_layer) if at_layer else None
-    if layer_input is not None and layer is None:
-        raise ValueError(f"statistics {sorted(at_layer)} are gathered at a layer's input; pass the layer")
+    if (at_layer or at_output) and layer is None:
+        raise ValueError(
+            f"statistics {sorted({*at_layer, *at_output})} are gathered in a layer (at its input or its norms); "
+            "pass the layer"
+        )
+    output_norms = _OutputNorms(linears, at_output, layer) if at_output and layer is not None else None
     result: dict[str, LinearStats] = {}
     groups: dict[str, list[LinearInfo]] = {}
     for info in linears:
@@ -210,6 +309,8 @@ def gather_stats(
         handles.extend(hook_experts(groups, accumulators, layer))
     if layer_input is not None and layer is not None:
         handles.append(layer.register_forward_pre_hook(layer_input, with_kwargs=True))
+    if output_norms is not None:
+        handles.extend(output_norms.hooks())
     try:
         yield result
     finally:
@@ -227,3 +328,7 @@ def gather_stats(
             stats.values.update(layer_stats.values)
         for info in members:
             result[info.name] = stats
+    if output_norms is not None:  # per linear: the members of a group no longer share one object
+        for name, values in output_norms.results().items():
+            shared = result[name]
+            result[name] = LinearStats(shared.nsamples, shared.ntokens, {**shared.values, **values})

@@ -41,6 +41,7 @@ from typing import Literal
 
 import torch
 
+from lsa_framework.model.norms import is_norm
 from lsa_framework.recovery.masks import (
     check_zeros_kept,
     find_linear,
@@ -56,13 +57,6 @@ TrainSet = Literal["pruned", "pruned+norms", "all"]
 #: A learning rate that recovers without undoing the dense model: full fine-tuning moves every kept weight.
 DEFAULT_LR = 5e-5
 
-_NORM_TYPES: tuple[type[torch.nn.Module], ...] = (torch.nn.LayerNorm, torch.nn.RMSNorm)
-
-
-def _is_norm(module: torch.nn.Module) -> bool:
-    # transformers' RMSNorms (LlamaRMSNorm, ...) are their own classes, not torch.nn.RMSNorm.
-    return isinstance(module, _NORM_TYPES) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
-
 
 def trainable_parameters(
     model: torch.nn.Module, masks: Mapping[str, torch.Tensor], train_set: TrainSet
@@ -73,7 +67,7 @@ def trainable_parameters(
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         pruned = module_name in masks
-        norm = _is_norm(module)
+        norm = is_norm(module)
         wanted = train_set == "all" or pruned or (norm and train_set == "pruned+norms")
         if not wanted:
             continue

@@ -91,7 +91,7 @@ class EvoOptions(RdOptions):
 class EvoScorer(RdScorer):
     name: ClassVar[str] = "evo"
     Options: ClassVar[type[PluginOptions]] = EvoOptions
-    needs: ClassVar[frozenset[str]] = frozenset({"gram", "input_sq_norm", "residual_energy"})
+    needs: ClassVar[frozenset[str]] = RdScorer.needs
     capabilities: ClassVar[frozenset[str]] = frozenset({"search"})
 
     def __init__(self, options: Any = None) -> None:

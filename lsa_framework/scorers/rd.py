@@ -20,6 +20,16 @@ raw errors gave ~27× uniform's perplexity, errors relative to each layer's own 
 and errors relative to the residual stream at the layer input matched DLP.) The first position is
 excluded because its attention-sink activations are orders of magnitude larger than the others'.
 
+Output norms (``output_norms=true``, the default): where a normalisation module reads a linear's output
+before it reaches the stream (Gemma 2/3's post-attention and post-feedforward norms after o_proj and
+down_proj), the error the stream receives is the linear's error times that norm's gain
+(``output_gain``: Σ‖norm(y)‖²/Σ‖y‖², measured in the same pass), so each linear's curve is scaled by
+it; q/k/v and gate/up take the gain of their block's norm, which their errors pass through too.
+Where no norm reads the output (Llama and most families) the gain is exactly 1 and nothing changes.
+On Gemma 3 270M the gains span 0.39 to 4·10⁵ (o_proj) and 130 to 3·10⁷ (down_proj) across the 18
+layers, growing with depth: without them rd kept layers 0–1 dense and pruned layers 11–17 to 95%
+(``benchmarks/results/post_norm_gain_gemma3-270m.md``; perplexities in docs/algorithms.md).
+
 The scores are the curves themselves (lists, stored with the run's scores), returned in
 ``Scores.curves``; the built-in allocators then choose, on each unit's lower convex hull, the
 sparsities that minimise the summed normalised error with the parameter-weighted mean exactly the
@@ -65,6 +75,9 @@ class RdOptions(PluginOptions):
     normalise: Literal["residual", "none"] = Field(
         default="residual", description="divide by the residual-stream energy at the layer input (or not)"
     )
+    output_norms: bool = Field(
+        default=True, description="scale a linear's error by the gain of a norm that reads its output (Gemma)"
+    )
 
     @field_validator("levels", "anchors")
     @classmethod
@@ -89,7 +102,7 @@ def _curve_key(options: RdOptions) -> tuple[Any, ...]:
 class RdScorer:
     name: ClassVar[str] = "rd"
     Options: ClassVar[type[PluginOptions]] = RdOptions
-    needs: ClassVar[frozenset[str]] = frozenset({"gram", "input_sq_norm", "residual_energy"})
+    needs: ClassVar[frozenset[str]] = frozenset({"gram", "input_sq_norm", "residual_energy", "output_gain"})
     #: Per-linear curves of the current pass, shared by every rd-style scorer instance (``rd``, ``evo``)
     #: so that a bench scoring several granularities, or both scorers, computes each linear once.
     #: A weak reference to the Gram tells a new pass from the current one without keeping it alive.
@@ -122,7 +135,11 @@ class RdScorer:
         return curve
 
     def score(self, unit: Unit, stats: Mapping[str, LinearStats]) -> list[float]:
-        curve = torch.stack([self.linear_curve(info, stats[info.name]) for info in unit.linears]).sum(0)
+        curves = [self.linear_curve(info, stats[info.name]) for info in unit.linears]
+        if self.options.output_norms:
+            gains = [float(stats[info.name].require("output_gain").reshape(-1)[0]) for info in unit.linears]
+            curves = [curve * gain for curve, gain in zip(curves, gains, strict=True)]
+        curve = torch.stack(curves).sum(0)
         if self.options.normalise == "residual":
             energy = float(stats[unit.linears[0].name].require("residual_energy").reshape(-1)[0])
             curve = curve / max(energy, 1e-30)
