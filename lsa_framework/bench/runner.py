@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lsa_framework.bench.grid import Cell, GridConfig, cell_config, cells
-from lsa_framework.config import RunConfig
+from lsa_framework.config import RunConfig, plugin_options
 from lsa_framework.engine.checkpoint import Checkpoint, fingerprint
 from lsa_framework.engine.observer import Observer
 from lsa_framework.engine.plugins import Plugins, resolve_plugins
@@ -148,10 +148,19 @@ def cell_key(config: RunConfig, model_sha256: str) -> str:
 
 
 def scores_key(config: RunConfig, model_sha256: str) -> str:
-    """The identity of one (scorer, allocator) pair's dense-pass scores."""
+    """The identity of one (scorer, allocator) pair's dense-pass scores.
+
+    The options are the validated ones, defaults included: a scorer whose new version adds an option or
+    changes a default (``rd``'s ``output_norms``) computes other scores, and must not reuse the old ones.
+    """
     identity = _data_identity(config, model_sha256)
     identity.pop("pipeline")  # scores always come from the dense model
-    unit = {k: getattr(config, k) for k in ("scorer", "scorer_opts", "allocator", "allocator_opts")}
+    unit = {
+        "scorer": config.scorer,
+        "scorer_opts": plugin_options("scorers", config.scorer, config.scorer_opts).model_dump(mode="json"),
+        "allocator": config.allocator,
+        "allocator_opts": plugin_options("allocators", config.allocator, config.allocator_opts).model_dump(mode="json"),
+    }
     return "scores-" + _digest({**identity, **unit})
 
 
