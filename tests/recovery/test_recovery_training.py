@@ -75,7 +75,8 @@ def _whole_model(model: torch.nn.Module) -> Trainable:
 
 def test_one_step_is_one_plain_adamw_step_on_the_first_batch() -> None:
     data = windows()
-    config = TrainConfig(steps=1, lr=1e-3, batch_size=4, weight_decay=0.1, max_grad_norm=None, seed=5)
+    # float32, like the reference: on a CPU with native bf16 (AVX512-BF16/AMX) "auto" would autocast
+    config = TrainConfig(steps=1, lr=1e-3, batch_size=4, weight_decay=0.1, max_grad_norm=None, seed=5, autocast="off")
     ours = pruned_model()
     train(_whole_model(ours), data, config)
 
@@ -94,7 +95,7 @@ def test_accumulation_averages_micro_batches() -> None:
     """Two micro-batches of 2 give the gradient of one batch of 4 (up to float summation order)."""
     data = windows()
     one, two = pruned_model(), pruned_model()
-    base = {"steps": 2, "lr": 1e-3, "max_grad_norm": None, "seed": 1}
+    base = {"steps": 2, "lr": 1e-3, "max_grad_norm": None, "seed": 1, "autocast": "off"}  # summation order only
     train(_whole_model(one), data, TrainConfig(batch_size=4, **base))
     train(_whole_model(two), data, TrainConfig(batch_size=2, grad_accum=2, **base))
     for a, b in zip(one.parameters(), two.parameters(), strict=True):

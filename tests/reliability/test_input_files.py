@@ -94,6 +94,8 @@ SIGNALLER = """
 import os, signal, sys
 from lsa_framework.report import output
 SIGNAL = getattr(signal, sys.argv[1])
+if SIGNAL == signal.SIGINT:  # a shell starts background jobs with SIGINT ignored; a terminal's Ctrl-C is not
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 def render(result):
     os.kill(os.getpid(), SIGNAL)
     return ""
