@@ -72,6 +72,15 @@ class Gram:
         return self.total * (2.0 / max(nsamples, 1))
 
 
+def without_first_positions(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """(tokens, d) rows of ``batch`` equal-length sequences, without each sequence's first position (its
+    attention-sink activations are orders of magnitude larger and would dominate an energy)."""
+    per_sequence = x.shape[0] // max(batch, 1)
+    if per_sequence > 1 and per_sequence * batch == x.shape[0]:
+        return x.reshape(batch, per_sequence, -1)[:, 1:].reshape(-1, x.shape[-1])
+    return x
+
+
 class ResidualEnergy:
     """mean_t ‖h_t‖² of the hidden states entering a decoder layer, the first position of every
     sequence excluded (its attention-sink activations are orders of magnitude larger and would
@@ -85,9 +94,7 @@ class ResidualEnergy:
         self.count = 0
 
     def add(self, x: torch.Tensor, batch: int) -> None:
-        per_sequence = x.shape[0] // max(batch, 1)
-        if per_sequence > 1 and per_sequence * batch == x.shape[0]:
-            x = x.reshape(batch, per_sequence, -1)[:, 1:].reshape(-1, x.shape[-1])
+        x = without_first_positions(x, batch)
         self.total += x.double().pow(2).sum()
         self.count += x.shape[0]
 
@@ -115,9 +122,7 @@ class OutputGain:
         self.normed = torch.zeros((), dtype=torch.float64, device=device)
 
     def add(self, x: torch.Tensor, batch: int) -> None:
-        per_sequence = x.shape[0] // max(batch, 1)
-        if per_sequence > 1 and per_sequence * batch == x.shape[0]:
-            x = x.reshape(batch, per_sequence, -1)[:, 1:].reshape(-1, x.shape[-1])
+        x = without_first_positions(x, batch)
         y, normed = x.double().chunk(2, dim=-1)
         self.output += y.pow(2).sum()
         self.normed += normed.pow(2).sum()

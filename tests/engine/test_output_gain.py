@@ -1,7 +1,7 @@
 """Statistics gathered where a normalisation module reads a linear's output (``site = "output_norm"``).
 
 The built-in ``output_gain`` must equal Σ_t ‖norm(y_t)‖²/Σ_t ‖y_t‖² computed here with plain hooks on the
-model's own forward: on Gemma 3 the post-attention and post-feedforward norms read what o_proj and
+model's own forward: on Gemma 2 and 3 the post-attention and post-feedforward norms read what o_proj and
 down_proj return, and every linear of the block gets that norm's gain; Llama has no such norm, so every
 gain is exactly 1. ``rd`` scales each linear's curve by its gain (so on Llama nothing changes).
 """
@@ -32,7 +32,7 @@ def _engine_stats(folder, ids: torch.Tensor) -> tuple[object, dict[int, dict[str
 
 
 def _reference_gains(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, float]:
-    """Gemma 3's sandwich norms, named as the family names them; positions 1.. of every window."""
+    """Gemma 2/3's sandwich norms, named as the families name them; positions 1.. of every window."""
     outputs: dict[str, torch.Tensor] = {}
     gains: dict[str, float] = {}
     handles = []
@@ -57,8 +57,9 @@ def _reference_gains(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, flo
     return gains
 
 
-def test_output_gain_equals_the_gemma3_post_norms_on_the_models_own_forward(tmp_path) -> None:
-    save_tiny_model("gemma3", tmp_path, num_layers=3)
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_output_gain_equals_the_gemma_post_norms_on_the_models_own_forward(family, tmp_path) -> None:
+    save_tiny_model(family, tmp_path, num_layers=3)
     ids = torch.randint(2, 150, (6, 24), generator=torch.Generator().manual_seed(0))
     reference = load_model(str(tmp_path), "float32").model
     expected = _reference_gains(reference, ids)
