@@ -26,6 +26,7 @@ from lsa_framework.engine.observer import Observer
 from lsa_framework.engine.plugins import resolve_plugins
 from lsa_framework.engine.session import KeptStats, ScoringJob, Session
 from lsa_framework.scorers.rd import RdScorer
+from lsa_framework.storage.atomic import write_text
 from lsa_framework.types import LinearStats, Scores, Unit
 
 
@@ -104,19 +105,20 @@ def main() -> None:
     stem = args.out / f"allocation_cost_{args.model}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     payload = {"forward_seconds": round(forward, 2), "windows": [args.nsamples, args.seqlen], "rows": rows}
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1) + "\n")
     lines = [
         f"# Allocator cost on {args.model} ({args.nsamples} x {args.seqlen} calibration, 1 thread)",
         "",
-        f"Command: `OMP_NUM_THREADS=1 python benchmarks/allocation_cost.py --nsamples {args.nsamples} "
-        f"--seqlen {args.seqlen}`. One dense forward over the calibration windows: {forward:.1f} s.",
+        f"Command: `OMP_NUM_THREADS=1 python benchmarks/allocation_cost.py --model {args.model} "
+        f"--nsamples {args.nsamples} --seqlen {args.seqlen}`. One dense forward over the calibration "
+        f"windows: {forward:.1f} s.",
         "",
         "| scorer | allocator | seconds | ratio to one dense forward |",
         "| --- | --- | ---: | ---: |",
         *[f"| {r['scorer']} | {r['allocator']} | {r['seconds']:.1f} | {r['ratio']:.2f} |" for r in rows],
         "",
     ]
-    stem.with_suffix(".md").write_text("\n".join(lines))
+    write_text(stem.with_suffix(".md"), "\n".join(lines))
 
 
 if __name__ == "__main__":

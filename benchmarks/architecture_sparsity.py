@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lsa_framework.config import build_config
 from lsa_framework.engine.pipeline import run
+from lsa_framework.storage.atomic import write_text
 from tests.architectures import EXPECTED, FAMILIES, MOE_FAMILIES, save_tiny_model
 from tests.conftest import make_text
 
@@ -86,7 +87,7 @@ def main() -> None:
         *(f"| {f} | {c} | {counted:.4f} | {reported:.4f} |" for f, c, counted, reported in rows),
     ]
     target = Path(__file__).parent / "results" / "architecture_sparsity.md"
-    target.write_text("\n".join(lines) + "\n")
+    write_text(target, "\n".join(lines) + "\n")
     print(f"wrote {target}")
 
 

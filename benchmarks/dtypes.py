@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine_description
 
 from lsa_framework.report.tables import markdown_table
+from lsa_framework.storage.atomic import write_text
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[dtypes] {dtype}", flush=True)
         report["rows"].append(measure(args, dtype))
     out = args.out if args.out is not None else RESULTS_DIR / f"dtypes_{Path(args.model).name}"
-    out.with_name(out.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_name(out.name + ".md").write_text(render(report))
+    write_text(out.with_name(out.name + ".json"), json.dumps(report, indent=2) + "\n")
+    write_text(out.with_name(out.name + ".md"), render(report))
     print(render(report), flush=True)
     return 0
 

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lsa_framework.storage.atomic import write_text
+
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 MARK = "@@LSAF_MOE_JSON@@"
@@ -285,7 +287,7 @@ def main() -> None:
     parser.add_argument("--render", type=Path, help="only rewrite the .md of an existing .json result")
     args = parser.parse_args()
     if args.render:
-        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        write_text(args.render.with_suffix(".md"), markdown(json.loads(args.render.read_text())))
         return
     if args.job:
         kind, values = args.job[0], json.loads(args.job[1])
@@ -325,8 +327,8 @@ def main() -> None:
                 print(model, scorer, pruner, found["timings_s"], found["process_peak_rss_mb"], flush=True)
     out = args.out or RESULTS_DIR / f"moe_{name}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    write_text(out.with_suffix(".md"), markdown(report))
     print(markdown(report))
 
 

@@ -30,6 +30,7 @@ from common import RESULTS_DIR, SYNTHETIC, base_config, machine_description, res
 from speed import spawn
 
 from lsa_framework.report.tables import markdown_table
+from lsa_framework.storage.atomic import write_text
 
 TARGET_RSS_SHARE = 0.40
 
@@ -189,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     out = args.out if args.out is not None else RESULTS_DIR / f"offload_{label}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_name(out.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_name(out.name + ".md").write_text(render(report))
+    write_text(out.with_name(out.name + ".json"), json.dumps(report, indent=2) + "\n")
+    write_text(out.with_name(out.name + ".md"), render(report))
     print(render(report), flush=True)
     return 1 if failed else 0
 

@@ -26,6 +26,7 @@ from lsa_framework.engine.passes import scoring_pass
 from lsa_framework.engine.plugins import resolve_plugins
 from lsa_framework.engine.session import Session
 from lsa_framework.engine.statistics import statistic_classes
+from lsa_framework.storage.atomic import write_text
 from lsa_framework.types import LinearStats
 
 NEEDS = frozenset({"output_gain", "residual_energy"})
@@ -64,7 +65,7 @@ def main() -> None:
         gains = [float(stats[info.name].require("output_gain")[0]) for info in linears]
         lines.append(f"| {index} | {energy:.4g} | " + " | ".join(f"{g:.3g}" for g in gains) + " |")
     target = args.out / f"post_norm_gain_{args.model}.md"
-    target.write_text("\n".join(lines) + "\n")
+    write_text(target, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

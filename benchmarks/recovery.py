@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lsa_framework.storage.atomic import write_text
+
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 MARK = "@@LSAF_RECOVERY_JSON@@"
@@ -275,7 +277,7 @@ def main() -> None:
         return
     if args.target == "render":
         path = Path(args.spec)
-        path.with_suffix(".md").write_text(render(json.loads(path.read_text())))
+        write_text(path.with_suffix(".md"), render(json.loads(path.read_text())))
         return
     if args.steps is None:
         args.steps = 20 if args.target == "smollm2" else 3
@@ -289,9 +291,9 @@ def main() -> None:
     RESULTS_DIR.mkdir(exist_ok=True)
     command = "python benchmarks/recovery.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     record = {"command": command, "machine": machine_description(args.threads), "note": args.note, "runs": results}
-    (RESULTS_DIR / f"recovery_{label}.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_text((RESULTS_DIR / f"recovery_{label}.json"), json.dumps(record, indent=1) + "\n")
     text = render(record)
-    (RESULTS_DIR / f"recovery_{label}.md").write_text(text)
+    write_text((RESULTS_DIR / f"recovery_{label}.md"), text)
     print(text)
 
 

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lsa_framework.storage.atomic import write_text
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -88,8 +90,8 @@ def main() -> int:
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
         "rows": rows,
     }
-    (args.out / f"recovery_table_{name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    (args.out / f"recovery_table_{name}.md").write_text(render(record))
+    write_text((args.out / f"recovery_table_{name}.json"), json.dumps(record, indent=1) + "\n")
+    write_text((args.out / f"recovery_table_{name}.md"), render(record))
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lsa_framework.report.tables import markdown_table
+from lsa_framework.storage.atomic import write_text
 
 TARGET_WHOLE_RUN = 2.5
 TARGET_SPARSEGPT_SPEEDUP = 1.5
@@ -192,6 +193,6 @@ def write_report(report: dict[str, Any], out: Path) -> Path:
     """The targets into ``report``, then ``out``.json and ``out``.md; returns the .md."""
     report["targets"] = evaluate_targets(report)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_name(out.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_name(out.name + ".md").write_text(render_markdown(report))
+    write_text(out.with_name(out.name + ".json"), json.dumps(report, indent=2) + "\n")
+    write_text(out.with_name(out.name + ".md"), render_markdown(report))
     return out.with_name(out.name + ".md")
