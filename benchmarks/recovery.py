@@ -291,9 +291,9 @@ def main() -> None:
     RESULTS_DIR.mkdir(exist_ok=True)
     command = "python benchmarks/recovery.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     record = {"command": command, "machine": machine_description(args.threads), "note": args.note, "runs": results}
-    write_text((RESULTS_DIR / f"recovery_{label}.json"), json.dumps(record, indent=1) + "\n")
+    write_text(RESULTS_DIR / f"recovery_{label}.json", json.dumps(record, indent=1) + "\n")
     text = render(record)
-    write_text((RESULTS_DIR / f"recovery_{label}.md"), text)
+    write_text(RESULTS_DIR / f"recovery_{label}.md", text)
     print(text)
 
 

@@ -90,8 +90,8 @@ def main() -> int:
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
         "rows": rows,
     }
-    write_text((args.out / f"recovery_table_{name}.json"), json.dumps(record, indent=1) + "\n")
-    write_text((args.out / f"recovery_table_{name}.md"), render(record))
+    write_text(args.out / f"recovery_table_{name}.json", json.dumps(record, indent=1) + "\n")
+    write_text(args.out / f"recovery_table_{name}.md", render(record))
     return 0
 
 
