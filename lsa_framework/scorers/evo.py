@@ -20,7 +20,9 @@ the candidates are ``rd``, ``dlp`` (DLP's band mapping with its default α = 0.1
 allocator) and ``uniform``; with ``start=best`` (the default) the one with the lowest KL on the last
 selection stage's token count (its own calibration windows) is taken, and the level database is
 centred on it (EvoPress centres it on the uniform profile; centring on the start keeps the start
-inside the database whatever its spread).
+inside the database whatever its spread). The allocation found is measured at the end on the same
+windows as the start candidates (``found_fitness`` in the record), the one comparison of start and
+result on equal text.
 
 Defaults, scaled down for a CPU: the paper's unstructured-sparsity search uses 64 offspring,
 survivors 8 → 2 → 1 on 2048 → 16384 → 65536 tokens and 400 generations, i.e. ~10⁵ forwards of 2048
@@ -123,12 +125,15 @@ class EvoScorer(RdScorer):
             "dlp": context.allocate(Scores(dict(context.scores.values), False, context.scores.spread)),
             "uniform": dict.fromkeys(names, context.target),
         }
+        # The start candidates, and at the end the allocation found, are measured on the same windows,
+        # so that the record shows what the search gained (its own KLs are on fresh windows each stage).
+        tokens, sample = options.tokens[-1], _seed(seed, "start")
         if saved is not None and saved.get("start") in starts:
             chosen, start_fitness = str(saved["start"]), dict(saved.get("start_fitness", {}))
         elif options.start != "best":
-            chosen, start_fitness = options.start, {}
+            chosen = options.start
+            start_fitness = {chosen: context.fitness(starts[chosen], tokens, sample)}
         else:
-            tokens, sample = options.tokens[-1], _seed(seed, "start")
             start_fitness = {name: context.fitness(profile, tokens, sample) for name, profile in starts.items()}
             chosen = min(STARTS, key=lambda name: (start_fitness[name], STARTS.index(name)))
         centre = starts[chosen]
@@ -161,13 +166,15 @@ class EvoScorer(RdScorer):
                 f"generation {current.generation}: KL {current.fitness:.5f} ({current.evaluations} evaluations)",
             )
 
-        context.progress(state.generation, options.generations, f"search from {chosen} ({start_fitness or 'given'})")
+        context.progress(state.generation, options.generations, f"search from {chosen} ({start_fitness})")
         if options.generations is None or state.generation < options.generations:
             evolve(database, state, fitness, options.generations, options.seconds, after_generation)
+        allocation = database.sparsities(state.parent)
         context.record.update(
             {
                 "start": chosen,
                 "start_fitness": start_fitness,
+                "found_fitness": context.fitness(allocation, tokens, sample),
                 "generations": state.generation,
                 "fitness": state.fitness,
                 "evaluations": state.evaluations,
@@ -177,7 +184,7 @@ class EvoScorer(RdScorer):
                 "seconds": round(state.seconds, 2),
             }
         )
-        return database.sparsities(state.parent)
+        return allocation
 
 
 def _seed(seed: int, what: str) -> int:

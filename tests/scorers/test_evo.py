@@ -66,6 +66,24 @@ def test_every_candidate_keeps_the_exact_budget_and_the_search_improves() -> Non
     assert _quadratic(found) < _quadratic(dict.fromkeys(SIZES, TARGET))
 
 
+def test_the_allocation_found_is_measured_on_the_start_windows() -> None:
+    """found_fitness and start_fitness share their windows, so the toy's window noise cancels in the gap."""
+    found, _, record = _search(12)
+    start = record["start_fitness"][record["start"]]
+    uniform = dict.fromkeys(SIZES, TARGET)  # every start candidate of the toy context is uniform
+    gain = (_quadratic(found) - _quadratic(uniform)) / 1e4
+    assert record["found_fitness"] - start == pytest.approx(gain, abs=1e-12)
+    assert gain < 0
+    _, _, unchanged = _search(0)
+    assert unchanged["found_fitness"] == unchanged["start_fitness"][unchanged["start"]]
+
+
+def test_a_given_start_is_measured_too() -> None:
+    _, seen, record = _search(0, start="dlp")
+    assert record["start"] == "dlp" and set(record["start_fitness"]) == {"dlp"}
+    assert len(seen) == 2  # the given start and the allocation found, nothing else
+
+
 def test_the_search_is_deterministic_for_a_seed() -> None:
     first, _, _ = _search(6)
     second, _, _ = _search(6)
@@ -82,8 +100,10 @@ def test_a_resumed_search_ends_where_an_uninterrupted_one_does(tmp_path: Path) -
     resumed, seen, resumed_record = _search(8, tmp_path, resume=True)
     assert resumed == straight
     assert resumed_record["history"] == record["history"]
-    # only the five missing generations were evaluated: the start was chosen and saved before
-    assert len(seen) == record["evaluations"] - partial["evaluations"]
+    # only the five missing generations were evaluated (the start was chosen and saved before), and
+    # the allocation found, once on the start's windows
+    assert len(seen) == record["evaluations"] - partial["evaluations"] + 1
+    assert resumed_record["found_fitness"] == record["found_fitness"]
 
 
 def test_an_interrupted_run_resumes_its_search(tiny_run_values, tmp_path: Path, monkeypatch) -> None:
@@ -124,4 +144,5 @@ def test_evo_end_to_end_keeps_the_target(allocator: str, tiny_run_values) -> Non
     search = result.allocation["search"]
     assert search["generations"] == 2 and search["start"] in ("rd", "dlp", "uniform")
     assert set(search["start_fitness"]) == {"rd", "dlp", "uniform"}
+    assert search["found_fitness"] >= 0.0  # a KL divergence of the model's own outputs
     assert "search" in result.timings
