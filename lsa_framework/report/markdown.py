@@ -1,8 +1,10 @@
-"""report.md: the run's settings, metrics (dense → pruned), stage times and per-unit allocation."""
+"""report.md: the run's settings, metrics (dense → pruned), stage times, what a searching scorer
+reported about its search, and the per-unit allocation."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from lsa_framework.report.tables import markdown_table
 
@@ -15,6 +17,15 @@ def _title(result: RunResult) -> str:
     if result.kind == "run":
         return f"# lsaf run: {c.scorer} + {c.allocator} + {c.pruner} at {c.target_sparsity:g} ({c.pattern})"
     return f"# lsaf {result.kind}: {c.model}"
+
+
+def _search_rows(record: Mapping[str, Any], prefix: str = "") -> Iterator[list[Any]]:
+    """The search record's scalars, nested mappings as ``outer.inner``; lists (a history) stay in run.json."""
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            yield from _search_rows(value, f"{prefix}{key}.")
+        elif isinstance(value, str | int | float | bool) or value is None:
+            yield [f"{prefix}{key}", value]
 
 
 def render_markdown(result: RunResult) -> str:
@@ -35,6 +46,10 @@ def render_markdown(result: RunResult) -> str:
         for k, v in result.timings.items()
     ]
     lines += ["", markdown_table(["stage", "seconds", "CPU seconds", "peak RSS (MB)"], stages, "lrrr")]
+    search = result.allocation.get("search")
+    if isinstance(search, Mapping) and search:
+        lines += ["", "Search (`allocation.search` in run.json):", ""]
+        lines += [markdown_table(["", "value"], list(_search_rows(search)), "lr", digits=5)]
     if result.units:
         units = [[u.name, u.numel, f"{u.score:.6g}", u.sparsity, u.realised] for u in result.units]
         headers = ["unit", "parameters", "score", "allocated", "realised"]

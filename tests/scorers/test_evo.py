@@ -14,6 +14,7 @@ from lsa_framework.allocators import evolution
 from lsa_framework.config import build_config
 from lsa_framework.engine.pipeline import run
 from lsa_framework.pruners.masks import exact_count
+from lsa_framework.report.markdown import render_markdown
 from lsa_framework.scorers.evo import EvoOptions, EvoScorer
 from lsa_framework.types import Scores, SearchContext, Unit
 
@@ -145,4 +146,8 @@ def test_evo_end_to_end_keeps_the_target(allocator: str, tiny_run_values) -> Non
     assert search["generations"] == 2 and search["start"] in ("rd", "dlp", "uniform")
     assert set(search["start_fitness"]) == {"rd", "dlp", "uniform"}
     assert search["found_fitness"] >= 0.0  # a KL divergence of the model's own outputs
+    report = render_markdown(result)  # the search's scalars, the start KLs flattened; the history left out
+    assert f"| found_fitness | {search['found_fitness']:.5f} |" in report
+    assert f"| start_fitness.uniform | {search['start_fitness']['uniform']:.5f} |" in report
+    assert f"| start | {search['start']} |" in report and "| history |" not in report
     assert "search" in result.timings
