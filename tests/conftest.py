@@ -77,6 +77,18 @@ def train_briefly(model, documents: list[str], steps: int = 120, seqlen: int = 6
     model.eval()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_dense_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Dense metrics cached by an earlier test run (older code, the same tiny model) must not answer this
+    one's, and the tests must not write into the user's cache: one file for this session only."""
+    from lsa_framework.engine.session import _DenseCache
+
+    path = tmp_path_factory.mktemp("dense-cache") / "dense_metrics.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_DenseCache, "_path", staticmethod(lambda: path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-llama")

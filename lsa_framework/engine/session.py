@@ -27,6 +27,7 @@ Each stage is a method here; it fires its lifecycle hook and is timed and memory
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -517,7 +518,9 @@ class Session:
             "device": str(self.device),
             "dataset": [self.dataset.name, config.calibration, config.calibration_opts],
             "seqlen": int(self.input_ids.shape[1]) if self.input_ids is not None else config.seqlen,
-            "evaluators": [[e.name, e.instance.options.model_dump(mode="json")] for e in evaluators],
+            "evaluators": [
+                [e.name, e.instance.options.model_dump(mode="json"), code_digest(e.instance)] for e in evaluators
+            ],
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -711,6 +714,20 @@ def stack_of(model: Any, layout: Layout) -> torch.nn.ModuleList:
 def _maybe_stage(result: RunResult | None, name: str) -> AbstractContextManager[None]:
     """``stage(result, name)`` when there is a result to record into."""
     return stage(result, name) if result is not None else nullcontext()
+
+
+def code_digest(instance: object) -> str:
+    """The source of the module that defines ``instance``'s class.
+
+    lsaf's version stays the same while an evaluator's code changes (an editable install, a plugin being
+    written), and a dense result cached by the old code must not be served to the new one.
+    """
+    module = inspect.getmodule(type(instance))
+    try:
+        source = inspect.getsource(module) if module is not None else ""
+    except (OSError, TypeError):  # defined interactively: no file to read, so nothing to tell versions apart
+        source = ""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 class _DenseCache:
