@@ -34,9 +34,10 @@ def dense_metrics_of(values: dict, calls: list[int], monkeypatch: pytest.MonkeyP
 
 
 def test_dense_metrics_are_served_from_the_cache_only_for_the_same_settings_and_code(
-    tiny_run_values, private_dense_cache: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_run_values, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    private_dense_cache.unlink(missing_ok=True)
+    cache_file = tmp_path / "dense_metrics.json"  # empty at the start: nothing from other tests in the session
+    monkeypatch.setattr(session_module._DenseCache, "_path", staticmethod(lambda: cache_file))
     values = {**tiny_run_values, "eval": ["perplexity"]}
     calls: list[int] = []
     first = dense_metrics_of(values, calls, monkeypatch)
